@@ -1,0 +1,79 @@
+"""Run a Sluice service as a child process and wait for its ready line (no polling)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+READY = "SLUICE-READY"
+
+
+class ServiceProcess:
+    """A service's process; its output goes to a log file and is watched for the ready line."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_path: Path,
+                 echo: bool = False) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.ready_detail = ""
+        self._ready = threading.Event()
+        self._exited = threading.Event()
+        self._echo = echo
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=Path(__file__).resolve().parents[1],
+        )
+        self._reader = threading.Thread(target=self._pump, name=f"{name}-log", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.log_path, "ab") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                if self._echo:
+                    sys.stdout.buffer.write(f"[{self.name}] ".encode() + line)
+                    sys.stdout.flush()
+                text = line.decode(errors="replace")
+                if not self._ready.is_set() and READY in text:
+                    self.ready_detail = text.split(READY, 1)[1].strip()
+                    self._ready.set()
+        self._exited.set()
+        self._ready.set()  # wake a waiter: it checks whether we exited
+
+    def wait_ready(self, timeout: float) -> str:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+        if self._exited.is_set() and not self.ready_detail:
+            raise RuntimeError(f"{self.name} exited ({self.proc.wait()}) before it was ready; "
+                               f"see {self.log_path}")
+        return self.ready_detail
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait()
+        finally:
+            self._reader.join(5)
+
+
+def detail(ready_detail: str, key: str) -> str:
+    """A value from the ready line, e.g. detail(line, 'url')."""
+    for item in ready_detail.split():
+        k, _, v = item.partition("=")
+        if k == key:
+            return v
+    raise KeyError(key)

@@ -1,0 +1,54 @@
+"""Run the whole stack locally: Kafka, Redis, tokenizer, worker and gateway.
+
+    python -m infra.stack
+
+Serves until Ctrl-C or SIGTERM, then stops everything it started, gateway first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from infra.localinfra import ROOT, local_infra
+from infra.procs import ServiceProcess, detail
+
+
+def main() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    run_dir = Path(os.environ.get("SLUICE_RUN_DIR", ROOT / ".cache" / "run"))
+    echo = os.environ.get("SLUICE_ECHO_LOGS", "0") == "1"
+    with ExitStack() as stack:
+        endpoints = stack.enter_context(local_infra(
+            run_dir, kafka_port=int(os.environ.get("SLUICE_KAFKA_PORT", "9092")),
+            redis_port=int(os.environ.get("SLUICE_REDIS_PORT", "6379"))))
+        env = {**os.environ, **endpoints.env()}
+        print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
+        services = []
+        for name in ("worker", "tokenizer", "gateway"):
+            proc = ServiceProcess(name, f"services.{name}", env, run_dir / f"{name}.log", echo=echo)
+            services.append(proc)
+            stack.callback(proc.stop)  # unwinds gateway, tokenizer, worker, then infra
+        for proc in services:
+            line = proc.wait_ready(timeout=600)
+        url = detail(line, "url")
+        print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
+              f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
+        while not stop.is_set():
+            for proc in services:
+                if proc.proc.poll() is not None:
+                    print(f"{proc.name} exited with {proc.proc.returncode}; see {proc.log_path}")
+                    stop.set()
+            stop.wait(1.0)
+        print("stopping", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Admission at the edge: refuse fast (429/503 with Retry-After) instead of queueing without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from shared.cache import WorkerRegistry
+from shared.errors import Overloaded, Unavailable
+
+from services.gateway.metrics import GatewayMetrics
+
+
+class Admission:
+    def __init__(self, max_in_flight: int, workers: WorkerRegistry, metrics: GatewayMetrics,
+                 live_cache_s: float = 1.0) -> None:
+        self._max = max_in_flight
+        self._workers = workers
+        self._metrics = metrics
+        self._live_cache_s = live_cache_s
+        self._live_until: dict[str, float] = {}  # pool → time a positive check stays valid
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.in_flight = 0
+        self.closing = False
+
+    async def pool_alive(self, pool: str) -> bool:
+        # Only positive answers are cached: a worker that just started is seen at once.
+        now = time.monotonic()
+        if self._live_until.get(pool, 0.0) > now:
+            return True
+        if await self._workers.live(pool) > 0:
+            self._live_until[pool] = now + self._live_cache_s
+            return True
+        return False
+
+    @asynccontextmanager
+    async def admit(self, pool: str) -> AsyncIterator[None]:
+        if self.closing:
+            raise Unavailable("the gateway is shutting down", retry_after=1)
+        if self.in_flight >= self._max:
+            raise Overloaded("too many requests in flight; retry shortly", retry_after=1)
+        if not await self.pool_alive(pool):
+            raise Unavailable(f"no inference worker is serving the {pool} pool", retry_after=5)
+        self.in_flight += 1
+        self._metrics.in_flight.inc()
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._metrics.in_flight.dec()
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop admitting; wait for in-flight requests. True if all finished in time."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,108 @@
+"""HTTP routes: the OpenAI endpoints, models, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from aiohttp import web
+
+from shared.errors import ModelNotFound
+from shared.settings import ModelSpec
+from shared.telemetry import child_traceparent, metrics_response
+
+from services.gateway import generate
+from services.gateway.api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_to_generate,
+    completion_to_generate,
+    parse,
+)
+from services.gateway.responses import Formatter
+from services.gateway.state import ADMISSION, METRICS, PUBLISHER, REDIS, ROUTER, SETTINGS, STARTED
+
+
+def _spec(request: web.Request, model: str) -> ModelSpec:
+    spec = request.app[SETTINGS].catalog.get(model)
+    if spec is None:
+        raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+    return spec
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = parse(ChatCompletionRequest, await request.read())
+    assert isinstance(req, ChatCompletionRequest)
+    spec = _spec(request, req.model)
+    rid, created = uuid.uuid4().hex, time.time()
+    wire = chat_to_generate(req, rid, created, request.app[SETTINGS].max_n)
+    return await generate.run(request, generate.Generation(
+        wire=wire, spec=spec, stream=req.stream, endpoint="chat",
+        formatter=Formatter(True, rid, req.model, int(created), req.n, req.include_usage),
+        traceparent=child_traceparent(request.headers.get("traceparent")),
+    ))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    req = parse(CompletionRequest, await request.read())
+    assert isinstance(req, CompletionRequest)
+    spec = _spec(request, req.model)
+    rid, created = uuid.uuid4().hex, time.time()
+    wire = completion_to_generate(req, rid, created, request.app[SETTINGS].max_n)
+    return await generate.run(request, generate.Generation(
+        wire=wire, spec=spec, stream=req.stream, endpoint="completions",
+        formatter=Formatter(False, rid, req.model, int(created), req.n, req.include_usage),
+        traceparent=child_traceparent(request.headers.get("traceparent")),
+    ))
+
+
+async def models(request: web.Request) -> web.Response:
+    created = int(request.app[STARTED])
+    return web.json_response({"object": "list", "data": [
+        {"id": m.name, "object": "model", "created": created, "owned_by": "sluice",
+         "max_model_len": m.max_model_len}
+        for m in request.app[SETTINGS].catalog.models
+    ]})
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Ready when Kafka and Redis answer, replies flow, and every pool has a live worker."""
+    app = request.app
+    checks: dict[str, object] = {}
+    try:
+        await asyncio.wait_for(app[REDIS].ping(), 2)
+        checks["redis"] = "ok"
+        for pool in app[SETTINGS].catalog.pools:
+            checks[f"workers.{pool}"] = "ok" if await app[ADMISSION].pool_alive(pool) else "none alive"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(app[PUBLISHER].ping(), 2)
+        checks["kafka"] = "ok"
+    except Exception as exc:
+        checks["kafka"] = f"error: {type(exc).__name__}"
+    failure = app[ROUTER].failure
+    checks["replies"] = "ok" if failure is None else f"error: {failure.message}"
+    if app[ADMISSION].closing:
+        checks["gateway"] = "shutting down"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks},
+                             status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return metrics_response(request.app[METRICS].registry)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,141 @@
+"""The reply path: one background consumer routes reply messages to per-request collectors.
+
+The gateway reads its own reply topic with manual assignment (no consumer group), so
+the reply path never rebalances. A fatal error in the consumer fails every waiting
+stream and marks the gateway unready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer
+
+from shared.bus import Publisher
+from shared.contracts import Codec, DecodeErrors, ErrorReply, Reply, TokenDelta
+from shared.errors import InternalError, RemoteError, SluiceError, Unavailable, UpstreamTimeout
+
+from services.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """One request's inbox. Messages pile up in a list and wake the reader, which takes
+    everything that arrived at once: one wake-up per batch, not one queue item per token."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._items: list[TokenDelta] = []
+        self._wake = asyncio.Event()
+        self._error: SluiceError | None = None
+        self._source: str | None = None
+        self._next_seq = 0
+        self.finished = False
+
+    @property
+    def over(self) -> bool:
+        return self.finished or self._error is not None
+
+    def deliver(self, msg: Reply) -> None:
+        if self.over:
+            return
+        if self._source is None:
+            self._source = msg.source
+        elif msg.source != self._source or msg.seq < self._next_seq:
+            # A redelivered request produced by another worker, or a resent message.
+            self._metrics.duplicates.inc()
+            return
+        if msg.seq > self._next_seq:
+            self._metrics.gaps.inc()
+            self.fail(InternalError(f"{msg.seq - self._next_seq} reply message(s) were lost"))
+            return
+        self._next_seq += 1
+        if isinstance(msg, ErrorReply):
+            self.fail(RemoteError(msg.error))
+            return
+        self._items.append(msg)
+        self.finished = msg.finished
+        self._wake.set()
+
+    def fail(self, exc: SluiceError) -> None:
+        if self._error is None:
+            self._error = exc
+            self._wake.set()
+
+    async def batches(self, idle_timeout_s: float) -> AsyncIterator[list[TokenDelta]]:
+        """Yield batches of deltas until the final one; raise the stream's error, if any."""
+        while True:
+            if not self._items and self._error is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), idle_timeout_s)
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"no reply from the model for {idle_timeout_s:g} s") from None
+            self._wake.clear()
+            items, self._items = self._items, []
+            if items:
+                yield items
+                if items[-1].finished:
+                    return
+            if self._error is not None:
+                raise self._error
+
+
+class ReplyRouter:
+    def __init__(self, consumer: AIOKafkaConsumer, publisher: Publisher, deadletter_topic: str,
+                 metrics: GatewayMetrics) -> None:
+        self._consumer = consumer
+        self._publisher = publisher
+        self._deadletter = deadletter_topic
+        self._metrics = metrics
+        self._codec: Codec[Reply] = Codec(Reply)
+        self._collectors: dict[str, Collector] = {}
+        self.failure: SluiceError | None = None
+
+    def open(self, request_id: str) -> Collector:
+        if self.failure is not None:
+            raise self.failure
+        collector = self._collectors[request_id] = Collector(self._metrics)
+        return collector
+
+    def close(self, request_id: str) -> None:
+        self._collectors.pop(request_id, None)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        await self._route(record)
+        except asyncio.CancelledError:
+            self._fail_all(Unavailable("the gateway is shutting down"))
+            raise
+        except Exception as exc:
+            log.exception("reply consumer failed")
+            self._fail_all(Unavailable(f"the reply stream failed: {type(exc).__name__}"))
+            raise
+
+    async def _route(self, record) -> None:
+        try:
+            msg = self._codec.decode(record.value)
+        except DecodeErrors as exc:
+            log.warning("invalid reply at %s:%d:%d (%r); dead-lettered", record.topic,
+                        record.partition, record.offset, exc)
+            self._metrics.dead_letters.inc()
+            await self._publisher.dead_letter(self._deadletter, record, repr(exc), "gateway-replies")
+            return
+        self._metrics.replies.inc()
+        collector = self._collectors.get(msg.request_id)
+        if collector is None:
+            self._metrics.orphans.inc()  # the client left, or a late duplicate
+            return
+        collector.deliver(msg)
+
+    def _fail_all(self, exc: SluiceError) -> None:
+        self.failure = exc
+        for collector in self._collectors.values():
+            collector.fail(exc)

@@ -1,0 +1,140 @@
+"""TokenDelta → OpenAI response bodies: SSE chunks and whole (non-streamed) responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shared.contracts import ChoiceDelta, TokenDelta, TokenLogprob, Usage
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def usage_json(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def _chat_logprobs(items: list[TokenLogprob] | None) -> dict | None:
+    if items is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t.token, t.logprob),
+                         "top_logprobs": [entry(tok, lp) for tok, lp in t.top]} for t in items]}
+
+
+def _completion_logprobs(items: list[TokenLogprob] | None, offset: int) -> dict | None:
+    if items is None:
+        return None
+    offsets, pos = [], offset
+    for t in items:
+        offsets.append(pos)
+        pos += len(t.token)
+    return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
+            "top_logprobs": [dict(t.top) for t in items], "text_offset": offsets}
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    chars: int = 0  # text already sent, for completion text_offset
+    started: bool = False
+
+
+class Formatter:
+    """Per-request response builder for one endpoint (chat or text completion)."""
+
+    def __init__(self, chat: bool, request_id: str, model: str, created: int, n: int,
+                 include_usage: bool) -> None:
+        self.chat = chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self._choices = [_Choice() for _ in range(n)]
+
+    # -- streaming -----------------------------------------------------------
+    def chunks(self, delta: TokenDelta) -> bytes:
+        """SSE events for one delta: one event carrying every choice that moved."""
+        if delta.usage is not None:
+            self.usage = delta.usage
+        choices = [self._stream_choice(c) for c in delta.choices]
+        if not choices:
+            return b""
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created, "model": self.model, "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    def _stream_choice(self, c: ChoiceDelta) -> dict:
+        state = self._choices[c.index]
+        if self.chat:
+            delta: dict[str, Any] = {} if state.started else {"role": "assistant"}
+            if c.text or not state.started:
+                delta["content"] = c.text
+            state.started = True
+            return {"index": c.index, "delta": delta, "logprobs": _chat_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason}
+        out = {"index": c.index, "text": c.text,
+               "logprobs": _completion_logprobs(c.logprobs, state.chars),
+               "finish_reason": c.finish_reason}
+        state.chars += len(c.text)
+        return out
+
+    def tail(self) -> bytes:
+        """The usage chunk (if asked for) and the terminator."""
+        out = b""
+        if self.include_usage:
+            out += sse({
+                "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [],
+                "usage": usage_json(self.usage),
+            })
+        return out + DONE
+
+    # -- whole responses -----------------------------------------------------
+    def add(self, delta: TokenDelta) -> None:
+        if delta.usage is not None:
+            self.usage = delta.usage
+        for c in delta.choices:
+            state = self._choices[c.index]
+            state.text.append(c.text)
+            if c.logprobs is not None:
+                state.logprobs = (state.logprobs or []) + c.logprobs
+            if c.finish_reason is not None:
+                state.finish_reason = c.finish_reason
+
+    def response(self) -> dict:
+        choices = []
+        for i, state in enumerate(self._choices):
+            text = "".join(state.text)
+            if self.chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "logprobs": _chat_logprobs(state.logprobs), "finish_reason": state.finish_reason})
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": state.finish_reason,
+                                "logprobs": _completion_logprobs(state.logprobs, 0)})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices,
+                "usage": usage_json(self.usage)}
+
+
+def error_event(body: dict) -> bytes:
+    return sse(body) + DONE

@@ -1,0 +1,1 @@
+"""Tokenizer service: chat templates, tokenization, context checks, routing to a pool."""

@@ -1,0 +1,1 @@
+"""MoE inference worker: vLLM's async engine for one accelerator pool."""

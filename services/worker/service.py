@@ -1,0 +1,170 @@
+"""The worker: consume TokenizedRequests for one pool, generate with vLLM, stream deltas back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
+
+from shared.bus import Meta, Publisher, assign_from_end, ensure_topics, kafka_consumer, kafka_producer
+from shared.cache import AbortMarks, WorkerRegistry, redis_client
+from shared.consumer import GroupRunner
+from shared.contracts import Codec, TokenDelta, TokenizedRequest
+from shared.errors import InvalidRequest, Unavailable, error_reply
+from shared.lifecycle import ready_line
+from shared.telemetry import child_traceparent, metrics_server
+
+from services.worker.aborts import RecentIds, listen_for_aborts
+from services.worker.engine import open_engine
+from services.worker.metrics import WorkerMetrics
+from services.worker.sampling import to_sampling_params
+from services.worker.settings import WorkerSettings
+from services.worker.stream import ReplyStream, pump
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics()
+        self._active: set[str] = set()
+        self._aborted_early = RecentIds()
+        self._engine: AsyncLLM
+        self._publisher: Publisher
+        self._marks: AbortMarks
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        async with AsyncExitStack() as stack:
+            redis = await stack.enter_async_context(redis_client(s.redis))
+            self._marks = AbortMarks(redis, s.topics.prefix)
+            registry = WorkerRegistry(redis, s.topics.prefix)
+            await ensure_topics(s.kafka, s.topics.core())
+            producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
+            self._publisher = Publisher(producer)
+            # The engine starts before we join the group, so no partition waits on a cold engine.
+            self._engine = await stack.enter_async_context(open_engine(s))
+            port = await stack.enter_async_context(
+                metrics_server(self.metrics.registry, "127.0.0.1", s.metrics_port))
+            abort_consumer = await stack.enter_async_context(
+                kafka_consumer(s.kafka, client_id=f"{s.worker_id}-aborts", group_id=None))
+            await assign_from_end(abort_consumer, s.topics.aborts_spec)
+            consumer = await stack.enter_async_context(kafka_consumer(
+                s.kafka, client_id=s.worker_id, group_id=s.group_id, auto_offset_reset="earliest",
+                max_poll_interval_ms=600_000))
+            runner = GroupRunner(
+                consumer, s.topics.infer(s.pool), Codec(TokenizedRequest), self.handle,
+                self._publisher, s.topics.deadletter, name="worker", max_in_flight=s.max_in_flight,
+                on_dead_letter=self.metrics.dead_letters.inc)
+            runner.subscribe()
+            tasks = {
+                asyncio.create_task(runner.run(), name="worker-consume"),
+                asyncio.create_task(listen_for_aborts(abort_consumer, self.abort, self._set_aside),
+                                    name="worker-aborts"),
+                asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat"),
+            }
+            stack.push_async_callback(registry.remove, s.pool, s.worker_id)
+            log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port}"))
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            runner.stop()
+            await registry.remove(s.pool, s.worker_id)
+            await runner.drain(s.drain_s)
+            for task in (*tasks, stopped):
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results):
+                if task in done and isinstance(result, BaseException) and not stop.is_set():
+                    raise result  # a background loop died: exit non-zero
+
+    async def _heartbeat(self, registry: WorkerRegistry) -> None:
+        while True:
+            try:
+                await registry.heartbeat(self.settings.pool, self.settings.worker_id)
+            except Exception as exc:  # Redis blip: the next beat retries
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _set_aside(self, record, error: str) -> None:
+        self.metrics.dead_letters.inc()
+        await self._publisher.dead_letter(self.settings.topics.deadletter, record, error, "worker-aborts")
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._active:
+            await self._engine.abort(request_id)
+            self.metrics.aborts.inc()
+            log.info("aborted %s on the client's request", request_id)
+        else:
+            self._aborted_early.add(request_id)
+
+    async def handle(self, req: TokenizedRequest, meta: Meta) -> None:
+        rid = req.request_id
+        meta = Meta(rid, meta.reply_to, child_traceparent(meta.traceparent))
+        if rid in self._active:
+            log.warning("request %s delivered twice while running; ignoring the copy", rid)
+            return
+        stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
+                             req.sampling.logprobs or 0)
+        if rid in self._aborted_early or await self._marks.is_marked(rid):
+            # The client left before the request got here: answer without generating.
+            self.metrics.aborts.inc()
+            stream.finish("abort")
+            await self._send(meta, stream.take())
+            return
+        self._active.add(rid)
+        self.metrics.in_flight.inc()
+        try:
+            outputs = self._engine.generate(
+                _tokens_prompt(req.prompt_token_ids), to_sampling_params(req.sampling), request_id=rid)
+            last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
+                              self.settings.coalesce_ms / 1000)
+            if last is not None:
+                await last  # stored in Kafka before the offset may be committed
+            self._count(stream)
+        except asyncio.CancelledError:
+            # Shutdown deadline passed: tell the client rather than leave it waiting.
+            await self._send_error(meta, stream, Unavailable("the worker shut down mid-request"))
+            raise
+        except ValueError as exc:  # vLLM rejects a parameter combination
+            await self._send_error(meta, stream, InvalidRequest(str(exc)))
+        except Exception as exc:
+            log.exception("generation of %s failed", rid)
+            await self._send_error(meta, stream, exc)
+        finally:
+            self._active.discard(rid)
+            self.metrics.in_flight.dec()
+
+    def _count(self, stream: ReplyStream) -> None:
+        self.metrics.tokens.inc(stream.completion_tokens)
+        self.metrics.requests.labels("ok").inc()
+
+    async def _send(self, meta: Meta, msg: TokenDelta) -> asyncio.Future | None:
+        self.metrics.messages.inc()
+        return await self._publisher.reply(meta, msg)
+
+    async def _send_error(self, meta: Meta, stream: ReplyStream, exc: BaseException) -> None:
+        self.metrics.requests.labels("error").inc()
+        reply = error_reply(exc, request_id=stream.request_id, source=stream.source, seq=stream.seq)
+        try:
+            fut = await asyncio.shield(self._publisher.reply(meta, reply))
+            if fut is not None:
+                await asyncio.shield(fut)
+        except KafkaError:
+            log.exception("could not report the error of %s", stream.request_id)
+
+
+def _tokens_prompt(ids: list[int]):
+    from vllm.inputs import TokensPrompt
+
+    return TokensPrompt(prompt_token_ids=ids)
+
+
+def build_worker(settings: WorkerSettings) -> WorkerService:
+    return WorkerService(settings)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.env import SettingsError, env_bool, env_float, env_int, env_opt, env_str
+from shared.settings import KafkaSettings, ModelCatalog, ModelSpec, RedisSettings, Topics
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    dtype: str
+    max_num_seqs: int
+    enforce_eager: bool
+    kv_cache_gib: float
+    # Any further vllm AsyncEngineArgs, as JSON (e.g. tensor_parallel_size on cuda/ascend).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
+        raw = env_opt(env, "WORKER_ENGINE_ARGS")
+        try:
+            extra = json.loads(raw) if raw else {}
+        except ValueError as exc:
+            raise SettingsError(f"WORKER_ENGINE_ARGS is not JSON: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise SettingsError("WORKER_ENGINE_ARGS must be a JSON object")
+        return cls(
+            dtype=env_str(env, "WORKER_DTYPE", "bfloat16"),
+            max_num_seqs=env_int(env, "WORKER_MAX_NUM_SEQS", 128, minimum=1),
+            enforce_eager=env_bool(env, "WORKER_ENFORCE_EAGER", True),
+            kv_cache_gib=env_float(env, "WORKER_KV_CACHE_GIB", 1.0),
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    kafka: KafkaSettings
+    redis: RedisSettings
+    topics: Topics
+    model: ModelSpec
+    engine: EngineSettings
+    worker_id: str
+    group_id: str
+    max_in_flight: int
+    coalesce_ms: float
+    heartbeat_s: float
+    metrics_port: int
+    drain_s: int
+
+    @property
+    def pool(self) -> str:
+        return self.model.pool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerSettings:
+        topics = Topics.from_env(env)
+        catalog = ModelCatalog.from_env(env)
+        wanted = env_opt(env, "WORKER_MODEL")
+        model = catalog.get(wanted) if wanted else catalog.models[0]
+        if model is None:
+            raise SettingsError(f"WORKER_MODEL {wanted!r} is not in the model catalog")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            redis=RedisSettings.from_env(env),
+            topics=topics,
+            model=model,
+            engine=EngineSettings.from_env(env),
+            worker_id=env_str(env, "WORKER_ID", f"worker-{socket.gethostname()}-{os.getpid()}"),
+            group_id=env_str(env, "WORKER_GROUP", f"{topics.prefix}-worker-{model.pool}"),
+            max_in_flight=env_int(env, "WORKER_MAX_IN_FLIGHT", 256, minimum=1),
+            coalesce_ms=env_float(env, "WORKER_COALESCE_MS", 3.0),
+            heartbeat_s=env_float(env, "WORKER_HEARTBEAT_S", 2.0),
+            metrics_port=env_int(env, "WORKER_METRICS_PORT", -1, minimum=-1),
+            drain_s=env_int(env, "SLUICE_DRAIN_S", 20, minimum=0),
+        )

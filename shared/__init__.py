@@ -1,0 +1,1 @@
+"""Sluice's common library: wire contracts, the Kafka bus, the Redis cache, settings, telemetry."""

@@ -1,0 +1,197 @@
+"""The Kafka bus: producers, consumers, topic creation and message metadata (headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from shared.contracts import Codec, Wire
+from shared.settings import KafkaSettings, TopicSpec
+
+log = logging.getLogger(__name__)
+
+H_REQUEST_ID = "sluice-request-id"
+H_REPLY_TO = "sluice-reply-to"
+H_TYPE = "sluice-type"
+H_TRACEPARENT = "traceparent"
+H_ERROR = "sluice-error"
+H_ORIGIN = "sluice-origin"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Where replies for a request go: one partition that only its gateway reads."""
+
+    topic: str
+    partition: int
+
+    def encode(self) -> bytes:
+        return f"{self.topic}:{self.partition}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplyTo:
+        topic, _, part = raw.decode().rpartition(":")
+        if not topic or not part.isdigit():
+            raise ValueError(f"bad reply address {raw!r}")
+        return cls(topic, int(part))
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Routing metadata carried in Kafka headers, next to the message body."""
+
+    request_id: str
+    reply_to: ReplyTo | None = None
+    traceparent: str | None = None
+
+    def headers(self, msg_type: str) -> Headers:
+        out: Headers = [(H_REQUEST_ID, self.request_id.encode()), (H_TYPE, msg_type.encode())]
+        if self.reply_to is not None:
+            out.append((H_REPLY_TO, self.reply_to.encode()))
+        if self.traceparent:
+            out.append((H_TRACEPARENT, self.traceparent.encode()))
+        return out
+
+    @classmethod
+    def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None) -> Meta:
+        values = dict(headers or ())
+        if H_REQUEST_ID not in values:
+            raise ValueError(f"missing header {H_REQUEST_ID}")
+        reply = values.get(H_REPLY_TO)
+        trace = values.get(H_TRACEPARENT)
+        return cls(
+            request_id=values[H_REQUEST_ID].decode(),
+            reply_to=ReplyTo.decode(reply) if reply else None,
+            traceparent=trace.decode() if trace else None,
+        )
+
+
+class Publisher:
+    """Encodes wire messages at the edge and sends them with their headers."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._codecs: dict[type, Codec] = {}
+
+    def _encode(self, msg: Wire) -> bytes:
+        codec = self._codecs.get(type(msg))
+        if codec is None:
+            codec = self._codecs[type(msg)] = Codec(type(msg))
+        return codec.encode(msg)
+
+    async def send(self, topic: str, msg: Wire, meta: Meta, *, partition: int | None = None,
+                   ) -> asyncio.Future:
+        """Queue a message; returns the delivery future (await it to know it is stored)."""
+        tag = type(msg).__struct_config__.tag
+        return await self._producer.send(
+            topic, self._encode(msg), key=meta.request_id.encode(), partition=partition,
+            headers=meta.headers(str(tag)),
+        )
+
+    async def send_and_wait(self, topic: str, msg: Wire, meta: Meta, *,
+                            partition: int | None = None) -> None:
+        await (await self.send(topic, msg, meta, partition=partition))
+
+    async def ping(self) -> None:
+        """Round trip to the cluster (for readiness checks)."""
+        await self._producer.client.fetch_all_metadata()
+
+    async def reply(self, meta: Meta, msg: Wire) -> asyncio.Future | None:
+        if meta.reply_to is None:
+            log.warning("request %s has no reply address; dropping %s", meta.request_id,
+                        type(msg).__name__)
+            return None
+        return await self.send(meta.reply_to.topic, msg, meta, partition=meta.reply_to.partition)
+
+    async def dead_letter(self, topic: str, record, error: str, origin: str) -> None:
+        """Set aside a record that is not a valid envelope, with why and where it came from."""
+        headers = list(record.headers or ())
+        headers.append((H_ERROR, error.encode()[:1000]))
+        headers.append((H_ORIGIN, f"{record.topic}:{record.partition}:{record.offset}:{origin}".encode()))
+        fut = await self._producer.send(topic, record.value, key=record.key, headers=headers)
+        await fut
+
+
+@asynccontextmanager
+async def kafka_producer(settings: KafkaSettings, client_id: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.linger_ms,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def kafka_consumer(settings: KafkaSettings, *topics: str, client_id: str,
+                         group_id: str | None, **options) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer that never auto-commits. Without topics, the caller assigns partitions."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        request_timeout_ms=settings.request_timeout_ms,
+        **options,
+    )
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], *,
+                        timeout: float = 60.0) -> None:
+    """Create missing topics with their explicit partition counts (idempotent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                    request_timeout_ms=settings.request_timeout_ms)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(s.name, s.partitions, 1) for s in specs if s.name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # broker still starting: retry with a deadline
+        except KafkaError as exc:
+            # create_topics reports per-topic errors; a concurrent creator is fine.
+            if "TopicAlreadyExists" not in repr(exc):
+                raise
+            return
+        finally:
+            await admin.close()
+
+
+async def assign_from_end(consumer: AIOKafkaConsumer, spec: TopicSpec) -> None:
+    """Read every partition of a topic without a group (no rebalances), from its end."""
+    tps = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # resolve now, so nothing published after this is missed

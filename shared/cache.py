@@ -1,0 +1,88 @@
+"""Redis: the shared cache and state store (token cache, abort marks, worker liveness)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from array import array
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+
+from shared.settings import RedisSettings
+
+
+@asynccontextmanager
+async def redis_client(settings: RedisSettings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def content_key(*parts: bytes) -> str:
+    """A stable hash of the content that determines a cached value."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+class TokenCache:
+    """Token ids by content hash, stored packed (uint32) with a TTL."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:tok:"
+        self._ttl = ttl_s
+
+    async def get(self, key: str) -> list[int] | None:
+        raw = await self._redis.get(self._prefix + key)
+        if raw is None:
+            return None
+        ids = array("I")
+        ids.frombytes(raw)
+        return ids.tolist()
+
+    async def put(self, key: str, ids: list[int]) -> None:
+        await self._redis.set(self._prefix + key, array("I", ids).tobytes(), ex=self._ttl)
+
+
+class AbortMarks:
+    """Requests the client gave up on. The Kafka abort event reaches the worker running the
+    request; this mark covers a request that had not reached a worker yet."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int = 600) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:abort:"
+        self._ttl = ttl_s
+
+    async def mark(self, request_id: str) -> None:
+        await self._redis.set(self._prefix + request_id, b"1", ex=self._ttl)
+
+    async def is_marked(self, request_id: str) -> bool:
+        return bool(await self._redis.exists(self._prefix + request_id))
+
+
+class WorkerRegistry:
+    """Worker liveness per pool: a sorted set of worker ids scored by last heartbeat."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: float = 10.0) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:workers:"
+        self._ttl = ttl_s
+
+    async def heartbeat(self, pool: str, worker_id: str) -> None:
+        await self._redis.zadd(self._prefix + pool, {worker_id: time.time()})
+
+    async def remove(self, pool: str, worker_id: str) -> None:
+        await self._redis.zrem(self._prefix + pool, worker_id)
+
+    async def live(self, pool: str) -> int:
+        now = time.time()
+        key = self._prefix + pool
+        await self._redis.zremrangebyscore(key, "-inf", now - 6 * self._ttl)
+        return int(await self._redis.zcount(key, now - self._ttl, "+inf"))

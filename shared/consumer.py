@@ -1,0 +1,184 @@
+"""A consumer-group runner: decode, dispatch concurrently, commit only finished work.
+
+The poll loop never waits on processing: each message runs as its own task, up to
+`max_in_flight`; past that the partitions are paused (the loop keeps polling, so the
+group membership stays alive). Offsets are committed per partition when every message
+before them has finished. A record that is not a valid envelope goes to the
+dead-letter topic and the consumer carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from shared.bus import Meta, Publisher
+from shared.contracts import Codec, DecodeErrors
+from shared.offsets import PartitionOffsets
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[T, Meta], Awaitable[None]]
+
+
+class GroupRunner(Generic[T]):
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str, codec: Codec[T], handler: Handler[T],
+                 publisher: Publisher, deadletter_topic: str, *, name: str,
+                 max_in_flight: int, on_dead_letter: Callable[[], None] | None = None) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._codec = codec
+        self._handler = handler
+        self._publisher = publisher
+        self._deadletter = deadletter_topic
+        self._name = name
+        self._max = max_in_flight
+        self._on_dead_letter = on_dead_letter
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._dirty = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+
+    async def run(self) -> None:
+        committer = asyncio.create_task(self._commit_loop(), name=f"{self._name}-commit")
+        try:
+            while not self._stopping:
+                if len(self._tasks) >= self._max:
+                    await self._wait_for_capacity()
+                    continue
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max - len(self._tasks))
+                for tp, records in batches.items():
+                    for record in records:
+                        await self._dispatch(tp, record)
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop taking new messages; in-flight work continues until drain()."""
+        self._stopping = True
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for in-flight work up to `timeout`, cancel the rest, commit what finished."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%s: cancelled %d unfinished messages at shutdown", self._name, len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._commit(list(self._offsets))
+
+    async def _wait_for_capacity(self) -> None:
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*assigned)
+        try:
+            await asyncio.wait_for(self._capacity.wait(), timeout=1.0)
+        except TimeoutError:
+            # Poll (paused: returns nothing) so the group does not evict us for inactivity.
+            await self._consumer.getmany(timeout_ms=0)
+        finally:
+            self._consumer.resume(*self._consumer.paused())
+
+    async def _dispatch(self, tp: TopicPartition, record) -> None:
+        offsets = self._offsets.setdefault(tp, PartitionOffsets())
+        offsets.start(record.offset)
+        try:
+            msg = self._codec.decode(record.value)
+            meta = Meta.from_headers(record.headers)
+        except (*DecodeErrors, ValueError, UnicodeDecodeError) as exc:
+            await self._set_aside(record, repr(exc))
+            self._finished(tp, record.offset)
+            return
+        task = asyncio.create_task(self._handle(msg, meta), name=f"{self._name}-{meta.request_id}")
+        self._tasks.add(task)
+        if len(self._tasks) >= self._max:
+            self._capacity.clear()
+        task.add_done_callback(lambda t, tp=tp, off=record.offset: self._task_done(t, tp, off))
+
+    async def _handle(self, msg: T, meta: Meta) -> None:
+        try:
+            await self._handler(msg, meta)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Handlers report errors to the client themselves; this is a bug, not bad input.
+            log.exception("%s: handler failed for request %s", self._name, meta.request_id)
+
+    async def _set_aside(self, record, error: str) -> None:
+        log.warning("%s: invalid message at %s:%d:%d (%s); dead-lettered", self._name,
+                    record.topic, record.partition, record.offset, error)
+        if self._on_dead_letter is not None:
+            self._on_dead_letter()
+        try:
+            await self._publisher.dead_letter(self._deadletter, record, error, self._name)
+        except KafkaError:
+            log.exception("%s: could not dead-letter %s:%d", self._name, record.topic, record.offset)
+
+    def _task_done(self, task: asyncio.Task, tp: TopicPartition, offset: int) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < self._max:
+            self._capacity.set()
+        if not task.cancelled():
+            self._finished(tp, offset)
+
+    def _finished(self, tp: TopicPartition, offset: int) -> None:
+        offsets = self._offsets.get(tp)
+        if offsets is not None:  # None: partition revoked meanwhile
+            offsets.finish(offset)
+            self._dirty.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._commit(list(self._offsets))
+
+    async def _commit(self, partitions: list[TopicPartition]) -> None:
+        todo = {}
+        for tp in partitions:
+            offsets = self._offsets.get(tp)
+            target = offsets.committable() if offsets else None
+            if target is not None:
+                todo[tp] = target
+        if not todo:
+            return
+        try:
+            await self._consumer.commit(todo)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("%s: commit failed (%s); the messages may be redelivered", self._name, exc)
+            return
+        for tp, target in todo.items():
+            if tp in self._offsets:
+                self._offsets[tp].mark_committed(target)
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._commit([tp for tp in revoked if tp in self._offsets])
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runner: GroupRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self._runner._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        return None

@@ -1,0 +1,164 @@
+"""Wire contracts: every message that crosses a service boundary on Kafka.
+
+Messages are JSON objects encoded with msgspec. Each carries `type` (its tag) and
+`v` (the schema version). Readers ignore unknown fields, so adding an optional
+field keeps version 1; a breaking change gets a new version number, and a reader
+rejects (dead-letters) versions newer than it knows.
+
+Stages, named by their types:
+    GenerateRequest  (gateway → tokenizer, topic <prefix>.requests)
+    TokenizedRequest (tokenizer → worker pool, topic <prefix>.infer.<pool>)
+    TokenDelta | ErrorReply (any stage → the gateway's own reply topic)
+    AbortRequest     (gateway → every worker, topic <prefix>.aborts)
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Literal, TypeVar
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every top-level Kafka message."""
+
+    v: int = SCHEMA_VERSION
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatPrompt(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="chat"):
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+
+
+class TextPrompt(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="text"):
+    text: str
+
+
+Prompt = ChatPrompt | TextPrompt
+
+
+class Sampling(msgspec.Struct, frozen=True, kw_only=True):
+    """Sampling parameters, already validated at the edge. `max_tokens` None = up to the context."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop: list[str] = []
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+
+class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
+    request_id: str
+    model: str
+    prompt: Prompt
+    sampling: Sampling
+    created: float  # unix seconds, set by the gateway
+
+
+class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request"):
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: Sampling  # max_tokens is always resolved here
+    created: float
+
+
+class AbortRequest(Wire, frozen=True, kw_only=True, tag="abort_request"):
+    request_id: str
+    reason: str = "client_disconnected"
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = []
+
+
+class ChoiceDelta(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    text: str
+    token_ids: list[int]
+    num_tokens: int  # cumulative completion tokens of this choice, this delta included
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenDelta(Wire, frozen=True, kw_only=True, tag="token_delta"):
+    """Tokens for one request. `seq` counts messages per request from 0; `source` names the
+    worker instance that produced them, so a reader can drop a redelivered duplicate stream."""
+
+    request_id: str
+    source: str
+    seq: int
+    choices: list[ChoiceDelta]
+    finished: bool = False
+    usage: Usage | None = None  # set on the final message
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    status: int
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorReply(Wire, frozen=True, kw_only=True, tag="error_reply"):
+    request_id: str
+    source: str
+    seq: int
+    error: ErrorInfo
+
+
+Reply = TokenDelta | ErrorReply
+
+T = TypeVar("T")
+
+
+class UnsupportedVersion(ValueError):
+    pass
+
+
+class Codec(Generic[T]):
+    """Encode and decode one message type (or tagged union). Decoding is strict about types."""
+
+    def __init__(self, kind: type[T] | object) -> None:
+        self._decoder = msgspec.json.Decoder(kind)
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, msg: T) -> bytes:
+        return self._encoder.encode(msg)
+
+    def decode(self, data: bytes) -> T:
+        """Raises msgspec.DecodeError / ValidationError or UnsupportedVersion."""
+        msg = self._decoder.decode(data)
+        version = getattr(msg, "v", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise UnsupportedVersion(f"schema version {version} is newer than {SCHEMA_VERSION}")
+        return msg
+
+
+DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError, UnsupportedVersion)

@@ -1,0 +1,169 @@
+"""Settings shared by every service, built from the environment and passed in explicitly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.env import SettingsError, env_int, env_opt, env_str
+
+POOLS = ("cpu", "cuda", "ascend")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    linger_ms: int
+    request_timeout_ms: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
+        return cls(
+            bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            linger_ms=env_int(env, "SLUICE_KAFKA_LINGER_MS", 0, minimum=0),
+            request_timeout_ms=env_int(env, "SLUICE_KAFKA_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
+        return cls(url=env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names and partition counts. Every topic is created explicitly."""
+
+    prefix: str
+    request_partitions: int
+    infer_partitions: int
+    reply_partitions: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Topics:
+        return cls(
+            prefix=env_str(env, "SLUICE_TOPIC_PREFIX", "sluice"),
+            request_partitions=env_int(env, "SLUICE_REQUEST_PARTITIONS", 8, minimum=1),
+            infer_partitions=env_int(env, "SLUICE_INFER_PARTITIONS", 8, minimum=1),
+            reply_partitions=env_int(env, "SLUICE_REPLY_PARTITIONS", 1, minimum=1),
+        )
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    def infer(self, pool: str) -> str:
+        return f"{self.prefix}.infer.{pool}"
+
+    @property
+    def aborts(self) -> str:
+        return f"{self.prefix}.aborts"
+
+    @property
+    def aborts_spec(self) -> TopicSpec:
+        return TopicSpec(self.aborts, 1)  # broadcast: every worker reads all of it
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    def replies(self, gateway_id: str) -> str:
+        return f"{self.prefix}.replies.{gateway_id}"
+
+    def core(self, pools: tuple[str, ...] = POOLS) -> list[TopicSpec]:
+        """The shared topics; reply topics belong to their gateway."""
+        return [
+            TopicSpec(self.requests, self.request_partitions),
+            *(TopicSpec(self.infer(pool), self.infer_partitions) for pool in pools),
+            self.aborts_spec,
+            TopicSpec(self.deadletter, 1),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A served model: the name clients use, its local folder and its accelerator pool."""
+
+    name: str
+    path: Path
+    pool: str
+    max_model_len: int
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise SettingsError(f"model {self.name!r}: pool must be one of {POOLS}, got {self.pool!r}")
+
+
+def _max_len_from_config(path: Path) -> int:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"cannot read {path / 'config.json'}: {exc}") from exc
+    text_cfg = cfg.get("text_config", cfg)
+    value = text_cfg.get("max_position_embeddings") or cfg.get("max_position_embeddings")
+    if not isinstance(value, int):
+        raise SettingsError(f"{path}: config.json has no max_position_embeddings; set SLUICE_MAX_MODEL_LEN")
+    return value
+
+
+def _spec(name: str | None, path_s: str, pool: str, max_len: int | None) -> ModelSpec:
+    path = Path(path_s).expanduser().resolve()
+    if not path.is_dir():
+        raise SettingsError(f"model folder {path} does not exist")
+    cap = _max_len_from_config(path)
+    return ModelSpec(
+        name=name or path.name,
+        path=path,
+        pool=pool,
+        max_model_len=min(max_len, cap) if max_len else cap,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCatalog:
+    """Every model this deployment serves. Routing by the request's `model` field uses it."""
+
+    models: tuple[ModelSpec, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ModelCatalog:
+        max_len = env_int(env, "SLUICE_MAX_MODEL_LEN", 0, minimum=0) or None
+        many = env_opt(env, "SLUICE_MODELS")
+        if many:
+            # name=path@pool;name=path@pool
+            specs = []
+            for item in filter(None, (p.strip() for p in many.split(";"))):
+                try:
+                    name, rest = item.split("=", 1)
+                    path_s, pool = rest.rsplit("@", 1)
+                except ValueError as exc:
+                    raise SettingsError(f"SLUICE_MODELS entry {item!r} is not name=path@pool") from exc
+                specs.append(_spec(name.strip(), path_s.strip(), pool.strip(), max_len))
+            return cls(tuple(specs))
+        path_s = env_opt(env, "SLUICE_MODEL")
+        if not path_s:
+            raise SettingsError("SLUICE_MODEL (a model folder) or SLUICE_MODELS must be set")
+        pool = env_str(env, "SLUICE_POOL", "cpu")
+        return cls((_spec(env_opt(env, "SLUICE_MODEL_NAME"), path_s, pool, max_len),))
+
+    def get(self, name: str) -> ModelSpec | None:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        return None
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(spec.pool for spec in self.models))
