@@ -71,6 +71,7 @@ class WorkerService:
                 asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat"),
             }
             stack.push_async_callback(registry.remove, s.pool, s.worker_id)
+            await registry.heartbeat(s.pool, s.worker_id)  # visible to gateways before "ready"
             log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port}"))
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,49 @@
+"""A message that is not a valid envelope, on any topic, is logged and set aside on the
+dead-letter topic; the consumer carries on."""
+
+import uuid
+
+import pytest
+
+from tests.integration.helpers import producer, reader, wait_for_record
+
+pytestmark = pytest.mark.stack
+
+
+def bad_messages(marker: str) -> list[tuple[bytes, list]]:
+    h = [("sluice-request-id", marker.encode())]
+    return [
+        (f"not json {marker}".encode(), h),
+        (b'{"type":"generate_request","v":1,"marker":"' + marker.encode() + b'"}', h),  # fields missing
+        (b'{"type":"generate_request","v":99,"request_id":"' + marker.encode() + b'"}', h),  # future version
+        (b'{"type":"tokenized_request","v":1,"request_id":"' + marker.encode() + b'"}', []),  # no headers
+    ]
+
+
+@pytest.mark.parametrize("topic_of", [
+    lambda s: "sluice.requests",
+    lambda s: "sluice.infer.cpu",
+    lambda s: "sluice.aborts",
+    lambda s: s.reply_topic,
+], ids=["requests", "infer.cpu", "aborts", "replies"])
+async def test_invalid_messages_are_dead_lettered_and_consumers_survive(stack, client, topic_of):
+    topic = topic_of(stack)
+    marker = uuid.uuid4().hex
+    async with reader(stack.kafka, "sluice.deadletter", from_start=False) as dlq:
+        async with producer(stack.kafka) as p:
+            for value, headers in bad_messages(marker):
+                await p.send_and_wait(topic, value, headers=headers)
+        seen = []
+        for _ in bad_messages(marker):
+            record = await wait_for_record(
+                dlq, lambda r: marker.encode() in r.value + b"".join(v for _, v in r.headers or ())
+                and r.offset not in [s.offset for s in seen])
+            seen.append(record)
+    for record in seen:
+        headers = dict(record.headers)
+        assert headers["sluice-origin"].decode().startswith(f"{topic}:")
+        assert headers["sluice-error"]
+    # Every consumer is still at work.
+    resp = await client.chat.completions.create(model=stack.model, max_tokens=3,
+                                                messages=[{"role": "user", "content": "alive?"}])
+    assert resp.usage.completion_tokens >= 1

@@ -1,0 +1,50 @@
+"""Health, readiness, metrics, models, and the Kafka topology."""
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.integration.helpers import metric
+
+pytestmark = pytest.mark.stack
+
+
+async def test_health_and_ready(http):
+    async with http.get("/health") as resp:
+        assert resp.status == 200
+    async with http.get("/ready") as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    assert body["checks"] == {"redis": "ok", "workers.cpu": "ok", "kafka": "ok", "replies": "ok"}
+
+
+async def test_metrics_are_prometheus_text(http, stack):
+    async with http.get("/metrics") as resp:
+        assert resp.status == 200
+        assert "sluice_gateway_requests_total" in await resp.text()
+    async with http.get(stack.worker_metrics) as resp:
+        assert "sluice_worker_generated_tokens_total" in await resp.text()
+    async with http.get(stack.tokenizer_metrics) as resp:
+        assert "sluice_tokenizer_cache_total" in await resp.text()
+
+
+async def test_topics_exist_with_explicit_partition_counts(stack):
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(
+            ["sluice.requests", "sluice.infer.cpu", "sluice.aborts", "sluice.deadletter", stack.reply_topic])
+    finally:
+        await admin.close()
+    partitions = {t["topic"]: len(t["partitions"]) for t in described}
+    assert partitions == {"sluice.requests": 8, "sluice.infer.cpu": 8, "sluice.aborts": 1,
+                          "sluice.deadletter": 1, stack.reply_topic: 1}
+
+
+async def test_repeated_prompt_hits_the_token_cache(http, client, stack):
+    
+    before = await metric(http, stack.tokenizer_metrics, 'sluice_tokenizer_cache_total{result="hit"}')
+    messages = [{"role": "user", "content": "cache me if you can"}]
+    for _ in range(2):
+        await client.chat.completions.create(model=stack.model, messages=messages, max_tokens=2)
+    after = await metric(http, stack.tokenizer_metrics, 'sluice_tokenizer_cache_total{result="hit"}')
+    assert after >= before + 1

@@ -1,0 +1,76 @@
+import asyncio
+
+import pytest
+
+from shared.contracts import ChoiceDelta, ErrorInfo, ErrorReply, TokenDelta
+from shared.errors import InternalError, RemoteError, UpstreamTimeout
+
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.replies import Collector
+
+
+def delta(seq, text, finished=False, source="w1"):
+    return TokenDelta(request_id="r", source=source, seq=seq, finished=finished, choices=[
+        ChoiceDelta(index=0, text=text, token_ids=[seq], num_tokens=seq + 1,
+                    finish_reason="stop" if finished else None)])
+
+
+async def drain(c: Collector, timeout=1.0):
+    out = []
+    async for batch in c.batches(timeout):
+        out.append([d.choices[0].text for d in batch])
+    return out
+
+
+async def test_batches_hold_everything_that_arrived():
+    c = Collector(GatewayMetrics())
+    c.deliver(delta(0, "a"))
+    c.deliver(delta(1, "b"))
+    c.deliver(delta(2, "c", finished=True))
+    assert await drain(c) == [["a", "b", "c"]]
+
+
+async def test_duplicates_and_other_sources_are_dropped():
+    m = GatewayMetrics()
+    c = Collector(m)
+    c.deliver(delta(0, "a"))
+    c.deliver(delta(0, "a"))  # resent
+    c.deliver(delta(0, "X", source="w2"))  # a redelivered copy on another worker
+    c.deliver(delta(1, "b", finished=True))
+    assert await drain(c) == [["a", "b"]]
+    assert m.duplicates._value.get() == 2
+
+
+async def test_a_gap_fails_the_stream_after_what_arrived_in_order():
+    m = GatewayMetrics()
+    c = Collector(m)
+    c.deliver(delta(0, "a"))
+    c.deliver(delta(2, "c"))
+    batches = c.batches(1.0)
+    assert [d.choices[0].text for d in await anext(batches)] == ["a"]
+    with pytest.raises(InternalError, match="1 reply message"):
+        await anext(batches)
+    assert m.gaps._value.get() == 1
+
+
+async def test_error_reply_is_raised_with_its_status():
+    c = Collector(GatewayMetrics())
+    c.deliver(ErrorReply(request_id="r", source="t", seq=0,
+                         error=ErrorInfo(status=400, type="invalid_request_error", message="too long")))
+    with pytest.raises(RemoteError) as err:
+        await drain(c)
+    assert err.value.status == 400 and err.value.message == "too long"
+
+
+async def test_silence_times_out():
+    c = Collector(GatewayMetrics())
+    with pytest.raises(UpstreamTimeout):
+        await drain(c, timeout=0.01)
+
+
+async def test_reader_wakes_when_a_delta_arrives():
+    c = Collector(GatewayMetrics())
+    reader = asyncio.create_task(drain(c))
+    await asyncio.sleep(0)  # let the reader block on the empty collector
+    c.deliver(delta(0, "a", finished=True))
+    assert await asyncio.wait_for(reader, 1) == [["a"]]

@@ -1,0 +1,60 @@
+import orjson
+
+from shared.contracts import ChoiceDelta, TokenDelta, TokenLogprob, Usage
+
+from services.gateway.responses import Formatter
+
+
+def events(raw: bytes) -> list:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        assert block.startswith("data: ")
+        payload = block[len("data: "):]
+        out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return out
+
+
+def deltas():
+    lp = [TokenLogprob(token_id=5, token="he", logprob=-0.5, top=[("he", -0.5), ("x", -1.0)])]
+    yield TokenDelta(request_id="r", source="w", seq=0, choices=[
+        ChoiceDelta(index=0, text="he", token_ids=[5], num_tokens=1, logprobs=lp)])
+    yield TokenDelta(request_id="r", source="w", seq=1, finished=True,
+                     usage=Usage(prompt_tokens=3, completion_tokens=2), choices=[
+        ChoiceDelta(index=0, text="llo", token_ids=[6], num_tokens=2, finish_reason="length")])
+
+
+def test_chat_stream_chunks_follow_openai_format():
+    f = Formatter(True, "r", "m", 10, n=1, include_usage=True)
+    raw = b"".join(f.chunks(d) for d in deltas()) + f.tail()
+    ev = events(raw)
+    assert ev[-1] == "[DONE]"
+    first, second, usage = ev[0], ev[1], ev[2]
+    assert first["object"] == "chat.completion.chunk" and first["id"] == "chatcmpl-r"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "he"}
+    assert first["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["token"] == "x"
+    assert first["usage"] is None
+    assert second["choices"][0]["delta"] == {"content": "llo"}
+    assert second["choices"][0]["finish_reason"] == "length"
+    assert usage["choices"] == [] and usage["usage"] == {
+        "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_completion_response_collects_text_and_usage():
+    f = Formatter(False, "r", "m", 10, n=1, include_usage=False)
+    for d in deltas():
+        f.add(d)
+    body = f.response()
+    assert body["object"] == "text_completion" and body["id"] == "cmpl-r"
+    choice = body["choices"][0]
+    assert choice["text"] == "hello" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == ["he"] and choice["logprobs"]["text_offset"] == [0]
+    assert body["usage"]["total_tokens"] == 5
+
+
+def test_stream_without_usage_has_no_usage_chunk():
+    f = Formatter(False, "r", "m", 10, n=1, include_usage=False)
+    raw = b"".join(f.chunks(d) for d in deltas()) + f.tail()
+    ev = events(raw)
+    assert len(ev) == 3 and ev[-1] == "[DONE]" and "usage" not in ev[0]

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from shared.env import SettingsError
+from shared.settings import ModelCatalog, Topics
+
+
+def make_model(tmp_path, name, max_pos=1024):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": max_pos}))
+    return folder
+
+
+def test_single_model_from_env(tmp_path):
+    folder = make_model(tmp_path, "tiny")
+    cat = ModelCatalog.from_env({"SLUICE_MODEL": str(folder), "SLUICE_MAX_MODEL_LEN": "512"})
+    (spec,) = cat.models
+    assert (spec.name, spec.pool, spec.max_model_len) == ("tiny", "cpu", 512)
+
+
+def test_several_models_with_pools(tmp_path):
+    a, b = make_model(tmp_path, "a"), make_model(tmp_path, "b", 2048)
+    cat = ModelCatalog.from_env({"SLUICE_MODELS": f"text={a}@cpu; vision={b}@cuda"})
+    assert [(m.name, m.pool, m.max_model_len) for m in cat.models] == [
+        ("text", "cpu", 1024), ("vision", "cuda", 2048)]
+    assert cat.pools == ("cpu", "cuda") and cat.get("vision").path == b
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"SLUICE_MODEL": "/does/not/exist"},
+    {"SLUICE_MODELS": "just-a-name"},
+])
+def test_bad_model_configuration_is_a_clear_error(env):
+    with pytest.raises(SettingsError):
+        ModelCatalog.from_env(env)
+
+
+def test_unknown_pool_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="pool"):
+        ModelCatalog.from_env({"SLUICE_MODEL": str(make_model(tmp_path, "m")), "SLUICE_POOL": "tpu"})
+
+
+def test_topics_have_explicit_partition_counts():
+    t = Topics.from_env({"SLUICE_REQUEST_PARTITIONS": "4"})
+    core = {s.name: s.partitions for s in t.core()}
+    assert core["sluice.requests"] == 4 and core["sluice.infer.cpu"] == 8
+    assert core["sluice.aborts"] == 1 and t.replies("gw1") == "sluice.replies.gw1"
