@@ -41,6 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_or_free(preferred: int) -> int:
+    """The preferred port if it is free, else any free one (a local Redis may hold 6379)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
 def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,6 +100,7 @@ def run_kafka(workdir: Path, port: int | None = None, heap: str = "512m") -> Ite
         f"log.dirs={data}",
         "num.partitions=1",
         "auto.create.topics.enable=false",
+        "message.max.bytes=8388608",
         "offsets.topic.replication.factor=1",
         "offsets.topic.num.partitions=4",
         "transaction.state.log.replication.factor=1",
@@ -166,8 +177,8 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with local_infra(workdir, kafka_port=int(os.environ.get("SLUICE_KAFKA_PORT", "9092")),
-                     redis_port=int(os.environ.get("SLUICE_REDIS_PORT", "6379"))) as endpoints:
+    with local_infra(workdir, kafka_port=port_or_free(int(os.environ.get("SLUICE_KAFKA_PORT", "9092"))),
+                     redis_port=port_or_free(int(os.environ.get("SLUICE_REDIS_PORT", "6379")))) as endpoints:
         for key, value in endpoints.env().items():
             print(f"{key}={value}", flush=True)
         print("infrastructure ready; Ctrl-C stops it", flush=True)

@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from infra.localinfra import ROOT, local_infra
+from infra.localinfra import ROOT, local_infra, port_or_free
 from infra.procs import ServiceProcess, detail
 
 
@@ -23,12 +23,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
+    parent = os.getppid()
     run_dir = Path(os.environ.get("SLUICE_RUN_DIR", ROOT / ".cache" / "run"))
     echo = os.environ.get("SLUICE_ECHO_LOGS", "0") == "1"
     with ExitStack() as stack:
         endpoints = stack.enter_context(local_infra(
-            run_dir, kafka_port=int(os.environ.get("SLUICE_KAFKA_PORT", "9092")),
-            redis_port=int(os.environ.get("SLUICE_REDIS_PORT", "6379"))))
+            run_dir, kafka_port=port_or_free(int(os.environ.get("SLUICE_KAFKA_PORT", "9092"))),
+            redis_port=port_or_free(int(os.environ.get("SLUICE_REDIS_PORT", "6379")))))
         env = {**os.environ, **endpoints.env()}
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
         services = []
@@ -42,6 +43,8 @@ def main() -> None:
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
         while not stop.is_set():
+            if os.getppid() != parent:  # `make` was killed without passing the signal on
+                stop.set()
             for proc in services:
                 if proc.proc.poll() is not None:
                     print(f"{proc.name} exited with {proc.proc.returncode}; see {proc.log_path}")

@@ -130,6 +130,7 @@ async def kafka_producer(settings: KafkaSettings, client_id: str) -> AsyncIterat
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
         request_timeout_ms=settings.request_timeout_ms,
+        max_request_size=settings.max_message_bytes,
     )
     await producer.start()
     try:

@@ -17,6 +17,7 @@ class KafkaSettings:
     bootstrap_servers: str
     linger_ms: int
     request_timeout_ms: int
+    max_message_bytes: int  # the broker's message.max.bytes must allow as much
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
@@ -24,6 +25,7 @@ class KafkaSettings:
             bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             linger_ms=env_int(env, "SLUICE_KAFKA_LINGER_MS", 0, minimum=0),
             request_timeout_ms=env_int(env, "SLUICE_KAFKA_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
+            max_message_bytes=env_int(env, "SLUICE_KAFKA_MAX_MESSAGE_BYTES", 8 << 20, minimum=1 << 20),
         )
 
 

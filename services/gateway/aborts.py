@@ -33,6 +33,9 @@ class Aborter:
         try:
             # Mark first: a request still on its way to a worker is skipped there.
             await self._marks.mark(request_id)
+        except Exception as exc:
+            log.warning("could not mark the abort of %s in Redis: %s", request_id, exc)
+        try:
             await self._publisher.send_and_wait(
                 self._topic, AbortRequest(request_id=request_id, reason=reason), Meta(request_id))
             self._metrics.aborts.inc()

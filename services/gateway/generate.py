@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from shared.bus import Meta, ReplyTo
 from shared.contracts import GenerateRequest, TokenDelta
-from shared.errors import SluiceError, Unavailable
+from shared.errors import PayloadTooLarge, SluiceError, Unavailable
 from shared.settings import ModelSpec
 
 from services.gateway.errors import error_body
@@ -54,6 +54,7 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
             return response
         except (asyncio.CancelledError, GeneratorExit, ConnectionError):
             # The client went away: stop the work all the way down to the engine.
+            metrics.requests.labels(gen.endpoint, "499").inc()
             if not collector.finished:
                 app[ABORTER].abort(rid, "client_disconnected")
             raise
@@ -75,6 +76,8 @@ async def _publish(app: web.Application, gen: Generation) -> None:
     try:
         await app[PUBLISHER].send_and_wait(settings.topics.requests, gen.wire,
                                            Meta(rid, reply_to, gen.traceparent))
+    except MessageSizeTooLargeError as exc:
+        raise PayloadTooLarge("The request is larger than the message bus accepts.") from exc
     except KafkaError as exc:
         raise Unavailable(f"could not queue the request: {type(exc).__name__}", retry_after=2) from exc
 

@@ -8,6 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
+from redis.exceptions import RedisError
+
 from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer
 from shared.cache import TokenCache, content_key, redis_client
 from shared.consumer import GroupRunner
@@ -96,7 +98,11 @@ class TokenizerService:
     async def _token_ids(self, spec: ModelSpec, req: GenerateRequest) -> list[int]:
         encoder = self._encoders[spec.name]
         key = content_key(*encoder.cache_parts(req.prompt))
-        ids = await self._cache.get(key)
+        try:
+            ids = await self._cache.get(key)
+        except RedisError as exc:  # the cache is an optimisation: tokenize anyway
+            log.warning("token cache unavailable: %s", exc)
+            ids = None
         if ids is not None:
             self.metrics.cache.labels("hit").inc()
             return ids
@@ -104,7 +110,10 @@ class TokenizerService:
         started = time.perf_counter()
         ids = await asyncio.get_running_loop().run_in_executor(self._executor, encoder.encode, req.prompt)
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
-        await self._cache.put(key, ids)
+        try:
+            await self._cache.put(key, ids)
+        except RedisError as exc:
+            log.warning("token cache unavailable: %s", exc)
         return ids
 
 

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from shared.bus import Meta, Publisher, assign_from_end, ensure_topics, kafka_consumer, kafka_producer
 from shared.cache import AbortMarks, WorkerRegistry, redis_client
@@ -64,26 +65,27 @@ class WorkerService:
                 self._publisher, s.topics.deadletter, name="worker", max_in_flight=s.max_in_flight,
                 on_dead_letter=self.metrics.dead_letters.inc)
             runner.subscribe()
-            tasks = {
-                asyncio.create_task(runner.run(), name="worker-consume"),
-                asyncio.create_task(listen_for_aborts(abort_consumer, self.abort, self._set_aside),
-                                    name="worker-aborts"),
-                asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat"),
-            }
-            stack.push_async_callback(registry.remove, s.pool, s.worker_id)
             await registry.heartbeat(s.pool, s.worker_id)  # visible to gateways before "ready"
+            beat = asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat")
+            consume = asyncio.create_task(runner.run(), name="worker-consume")
+            aborts = asyncio.create_task(
+                listen_for_aborts(abort_consumer, self.abort, self._set_aside), name="worker-aborts")
             log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port}"))
             stopped = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({beat, consume, aborts, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            # Stop taking work and leave the registry, finish what runs (aborts still
+            # arrive meanwhile), then close in reverse order.
             runner.stop()
-            await registry.remove(s.pool, s.worker_id)
+            beat.cancel()
+            await _quietly(registry.remove(s.pool, s.worker_id))
             await runner.drain(s.drain_s)
-            for task in (*tasks, stopped):
+            for task in (consume, aborts, stopped):
                 task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for task, result in zip(tasks, results):
-                if task in done and isinstance(result, BaseException) and not stop.is_set():
-                    raise result  # a background loop died: exit non-zero
+            results = await asyncio.gather(beat, consume, aborts, return_exceptions=True)
+            if not stop.is_set():
+                failed = [r for r in results if isinstance(r, BaseException)
+                          and not isinstance(r, asyncio.CancelledError)]
+                raise RuntimeError(f"a worker loop died: {failed!r}")
 
     async def _heartbeat(self, registry: WorkerRegistry) -> None:
         while True:
@@ -113,7 +115,7 @@ class WorkerService:
             return
         stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0)
-        if rid in self._aborted_early or await self._marks.is_marked(rid):
+        if rid in self._aborted_early or await self._marked(rid):
             # The client left before the request got here: answer without generating.
             self.metrics.aborts.inc()
             stream.finish("abort")
@@ -142,6 +144,13 @@ class WorkerService:
             self._active.discard(rid)
             self.metrics.in_flight.dec()
 
+    async def _marked(self, rid: str) -> bool:
+        try:
+            return await self._marks.is_marked(rid)
+        except RedisError as exc:  # without Redis, only Kafka abort events stop requests
+            log.warning("abort marks unavailable: %s", exc)
+            return False
+
     def _count(self, stream: ReplyStream) -> None:
         self.metrics.tokens.inc(stream.completion_tokens)
         self.metrics.requests.labels("ok").inc()
@@ -159,6 +168,13 @@ class WorkerService:
                 await asyncio.shield(fut)
         except KafkaError:
             log.exception("could not report the error of %s", stream.request_id)
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except Exception as exc:
+        log.warning("ignored during shutdown: %s", exc)
 
 
 def _tokens_prompt(ids: list[int]):
