@@ -5,7 +5,7 @@ import logging
 
 from aiohttp import web
 
-from shared.lifecycle import ready_line, run_until_signal
+from shared.lifecycle import freeze_heap, ready_line, run_until_signal
 from shared.telemetry import setup_logging
 
 from services.gateway.app import build_app
@@ -24,6 +24,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        freeze_heap()
         log.info(ready_line("gateway", f"url=http://{settings.host}:{port}"))
         await stop.wait()
     finally:

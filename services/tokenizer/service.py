@@ -15,7 +15,7 @@ from shared.cache import TokenCache, content_key, redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest
 from shared.errors import ModelNotFound, SluiceError, error_reply
-from shared.lifecycle import ready_line
+from shared.lifecycle import freeze_heap, ready_line
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
 
@@ -62,6 +62,7 @@ class TokenizerService:
                 on_dead_letter=self.metrics.dead_letters.inc)
             runner.subscribe()
             run = asyncio.create_task(runner.run(), name="tokenizer-consume")
+            freeze_heap()
             log.info(ready_line("tokenizer", f"metrics_port={port}"))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)

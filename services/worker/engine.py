@@ -30,6 +30,22 @@ def prepare_platform(settings: WorkerSettings) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
 
+def renice_children(nice: int) -> None:
+    """Lower the priority of the engine's processes (engine core, model executor).
+
+    On CPU they busy-poll and step back to back; at normal priority they starve the
+    latency-sensitive processes that share the host (this worker's Kafka client and
+    detokenizer, the broker, the gateway), and replies arrive in bursts.
+    """
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            os.setpriority(os.PRIO_PROCESS, child.pid, nice)
+        except (ProcessLookupError, PermissionError) as exc:
+            log.warning("could not renice engine process %d: %s", child.pid, exc)
+
+
 @asynccontextmanager
 async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     prepare_platform(settings)
@@ -48,6 +64,8 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     )
     engine = AsyncLLM.from_engine_args(args)
     try:
+        if e.nice:
+            renice_children(e.nice)
         yield engine
     finally:
         engine.shutdown()

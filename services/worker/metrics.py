@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -18,5 +18,9 @@ class WorkerMetrics:
                               registry=r)
         self.messages = Counter("sluice_worker_reply_messages", "TokenDelta messages sent", registry=r)
         self.in_flight = Gauge("sluice_worker_in_flight", "Requests in the engine", registry=r)
+        self.reply_ack = Histogram("sluice_worker_reply_ack_seconds",
+                                   "From queuing a reply to the broker's acknowledgement",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+                                   registry=r)
         self.dead_letters = Counter("sluice_worker_dead_letters", "Invalid messages set aside",
                                     registry=r)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from shared.cache import AbortMarks, WorkerRegistry, redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, TokenDelta, TokenizedRequest
 from shared.errors import InvalidRequest, Unavailable, error_reply
-from shared.lifecycle import ready_line
+from shared.lifecycle import freeze_heap, ready_line
 from shared.telemetry import child_traceparent, metrics_server
 
 from services.worker.aborts import RecentIds, listen_for_aborts
@@ -70,6 +71,7 @@ class WorkerService:
             consume = asyncio.create_task(runner.run(), name="worker-consume")
             aborts = asyncio.create_task(
                 listen_for_aborts(abort_consumer, self.abort, self._set_aside), name="worker-aborts")
+            freeze_heap()
             log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port}"))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({beat, consume, aborts, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -157,7 +159,11 @@ class WorkerService:
 
     async def _send(self, meta: Meta, msg: TokenDelta) -> asyncio.Future | None:
         self.metrics.messages.inc()
-        return await self._publisher.reply(meta, msg)
+        queued = time.perf_counter()
+        fut = await self._publisher.reply(meta, msg)
+        if fut is not None:
+            fut.add_done_callback(lambda _: self.metrics.reply_ack.observe(time.perf_counter() - queued))
+        return fut
 
     async def _send_error(self, meta: Meta, stream: ReplyStream, exc: BaseException) -> None:
         self.metrics.requests.labels("error").inc()

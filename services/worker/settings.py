@@ -17,11 +17,12 @@ class EngineSettings:
     max_num_seqs: int
     enforce_eager: bool
     kv_cache_gib: float
+    nice: int  # niceness of the engine's own processes (0: unchanged)
     # Any further vllm AsyncEngineArgs, as JSON (e.g. tensor_parallel_size on cuda/ascend).
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
+    def from_env(cls, env: Mapping[str, str], pool: str) -> EngineSettings:
         raw = env_opt(env, "WORKER_ENGINE_ARGS")
         try:
             extra = json.loads(raw) if raw else {}
@@ -34,6 +35,7 @@ class EngineSettings:
             max_num_seqs=env_int(env, "WORKER_MAX_NUM_SEQS", 128, minimum=1),
             enforce_eager=env_bool(env, "WORKER_ENFORCE_EAGER", True),
             kv_cache_gib=env_float(env, "WORKER_KV_CACHE_GIB", 1.0),
+            nice=env_int(env, "WORKER_ENGINE_NICE", 10 if pool == "cpu" else 0, minimum=0),
             extra=extra,
         )
 
@@ -70,7 +72,7 @@ class WorkerSettings:
             redis=RedisSettings.from_env(env),
             topics=topics,
             model=model,
-            engine=EngineSettings.from_env(env),
+            engine=EngineSettings.from_env(env, model.pool),
             worker_id=env_str(env, "WORKER_ID", f"worker-{socket.gethostname()}-{os.getpid()}"),
             group_id=env_str(env, "WORKER_GROUP", f"{topics.prefix}-worker-{model.pool}"),
             max_in_flight=env_int(env, "WORKER_MAX_IN_FLIGHT", 256, minimum=1),
