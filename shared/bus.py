@@ -63,7 +63,7 @@ class Meta:
 
     @classmethod
     def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None) -> Meta:
-        values = dict(headers or ())
+        values = {k: v for k, v in headers or () if v is not None}
         if H_REQUEST_ID not in values:
             raise ValueError(f"missing header {H_REQUEST_ID}")
         reply = values.get(H_REPLY_TO)
@@ -114,7 +114,7 @@ class Publisher:
 
     async def dead_letter(self, topic: str, record, error: str, origin: str) -> None:
         """Set aside a record that is not a valid envelope, with why and where it came from."""
-        headers = list(record.headers or ())
+        headers = [(k, v) for k, v in record.headers or () if v is not None]
         headers.append((H_ERROR, error.encode()[:1000]))
         headers.append((H_ORIGIN, f"{record.topic}:{record.partition}:{record.offset}:{origin}".encode()))
         fut = await self._producer.send(topic, record.value, key=record.key, headers=headers)
@@ -169,12 +169,17 @@ async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], *,
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(s.name, s.partitions, 1) for s in specs if s.name not in existing]
+            missing = [NewTopic(s.name, s.partitions, settings.replication_factor)
+                       for s in specs if s.name not in existing]
             if missing:
                 try:
-                    await admin.create_topics(missing)
+                    response = await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
-                    pass
+                    return
+                for topic, code, *rest in response.topic_errors:
+                    if code not in (0, TopicAlreadyExistsError.errno):
+                        detail = rest[0] if rest else ""
+                        raise RuntimeError(f"could not create topic {topic}: error {code} {detail}")
             return
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:

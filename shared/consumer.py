@@ -46,6 +46,8 @@ class GroupRunner(Generic[T]):
         self._capacity.set()
         self._dirty = asyncio.Event()
         self._stopping = False
+        self._loop_exited = asyncio.Event()
+        self._started = False
 
     @property
     def in_flight(self) -> int:
@@ -55,6 +57,7 @@ class GroupRunner(Generic[T]):
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
 
     async def run(self) -> None:
+        self._started = True
         committer = asyncio.create_task(self._commit_loop(), name=f"{self._name}-commit")
         try:
             while not self._stopping:
@@ -68,6 +71,7 @@ class GroupRunner(Generic[T]):
         finally:
             committer.cancel()
             await asyncio.gather(committer, return_exceptions=True)
+            self._loop_exited.set()
 
     def stop(self) -> None:
         """Stop taking new messages; in-flight work continues until drain()."""
@@ -75,6 +79,9 @@ class GroupRunner(Generic[T]):
 
     async def drain(self, timeout: float) -> None:
         """Wait for in-flight work up to `timeout`, cancel the rest, commit what finished."""
+        if self._started:
+            # A poll under way when stop() was called still dispatches what it fetched.
+            await self._loop_exited.wait()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:

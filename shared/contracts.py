@@ -152,8 +152,10 @@ class Codec(Generic[T]):
     def encode(self, msg: T) -> bytes:
         return self._encoder.encode(msg)
 
-    def decode(self, data: bytes) -> T:
+    def decode(self, data: bytes | None) -> T:
         """Raises msgspec.DecodeError / ValidationError or UnsupportedVersion."""
+        if data is None:  # a tombstone: no envelope at all
+            raise msgspec.DecodeError("message has no value")
         msg = self._decoder.decode(data)
         version = getattr(msg, "v", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:

@@ -18,6 +18,7 @@ class KafkaSettings:
     linger_ms: int
     request_timeout_ms: int
     max_message_bytes: int  # the broker's message.max.bytes must allow as much
+    replication_factor: int  # of the topics Sluice creates
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
@@ -26,6 +27,7 @@ class KafkaSettings:
             linger_ms=env_int(env, "SLUICE_KAFKA_LINGER_MS", 0, minimum=0),
             request_timeout_ms=env_int(env, "SLUICE_KAFKA_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
             max_message_bytes=env_int(env, "SLUICE_KAFKA_MAX_MESSAGE_BYTES", 8 << 20, minimum=1 << 20),
+            replication_factor=env_int(env, "SLUICE_TOPIC_REPLICATION", 1, minimum=1),
         )
 
 

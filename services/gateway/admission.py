@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from redis.exceptions import RedisError
 
 from shared.cache import WorkerRegistry
 from shared.errors import Overloaded, Unavailable
 
 from services.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -31,7 +36,13 @@ class Admission:
         now = time.monotonic()
         if self._live_until.get(pool, 0.0) > now:
             return True
-        if await self._workers.live(pool) > 0:
+        try:
+            live = await self._workers.live(pool)
+        except RedisError as exc:
+            # Liveness is unknown without Redis; the Kafka path still works, so let it through.
+            log.warning("worker registry unavailable: %s", exc)
+            return True
+        if live > 0:
             self._live_until[pool] = now + self._live_cache_s
             return True
         return False

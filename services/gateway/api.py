@@ -44,48 +44,78 @@ class StreamOptions(_Model):
 
 
 class _Generation(_Model):
+    # OpenAI marks most fields nullable: null means "the default".
     model: str
-    n: int = Field(1, ge=1)
+    n: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     max_tokens: int | None = Field(None, ge=1)
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int | None = Field(None, ge=0)
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
-    ignore_eos: bool = False  # vLLM extension, used by load generators
-    stream: bool = False
+    ignore_eos: bool | None = None  # vLLM extension, used by load generators
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Accepted only in the forms that change nothing; anything else is refused, not ignored.
+    logit_bias: dict[str, float] | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    functions: list | None = None
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    def _refuse_unsupported(self) -> None:
+        if self.tools or self.functions:
+            raise InvalidRequest("tool calling is not supported", param="tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise InvalidRequest("only response_format type 'text' is supported",
+                                 param="response_format")
+        if self.logit_bias:
+            raise InvalidRequest("logit_bias is not supported", param="logit_bias")
+
     def sampling(self, max_tokens: int | None, logprobs: int | None, max_n: int) -> Sampling:
-        if self.n > max_n:
+        self._refuse_unsupported()
+        n = self.choices
+        if n > max_n:
             raise InvalidRequest(f"n must be at most {max_n}", param="n")
+        min_tokens = self.min_tokens or 0
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 16 or any(not s for s in stop):
             raise InvalidRequest("stop takes up to 16 non-empty strings", param="stop")
-        if max_tokens is not None and self.min_tokens > max_tokens:
+        if max_tokens is not None and min_tokens > max_tokens:
             raise InvalidRequest("min_tokens must not exceed max_tokens", param="min_tokens")
+        top_p = 1.0 if self.top_p is None else self.top_p
+        top_k = max(self.top_k or 0, 0)
+        if top_p == 0:  # OpenAI accepts 0: only the most likely token
+            top_p, top_k = 1.0, 1
         return Sampling(
-            n=self.n,
+            n=n,
             temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=max(self.top_k or 0, 0),
+            top_p=top_p,
+            top_k=top_k,
             max_tokens=max_tokens,
-            min_tokens=self.min_tokens,
+            min_tokens=min_tokens,
             stop=stop,
             seed=self.seed,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=self.repetition_penalty or 1.0,
-            ignore_eos=self.ignore_eos,
+            ignore_eos=bool(self.ignore_eos),
             logprobs=logprobs,
         )
 
@@ -93,14 +123,14 @@ class _Generation(_Model):
 class ChatCompletionRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(_Generation):
     prompt: str | list[str]
     logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
+    echo: bool | None = None
     suffix: str | None = None
 
 

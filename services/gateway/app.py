@@ -76,7 +76,7 @@ async def _aborts(app: web.Application) -> AsyncIterator[None]:
 
 async def _drain(app: web.Application) -> None:
     if not await app[ADMISSION].drain(app[SETTINGS].drain_s):
-        log.warning("drain deadline passed with %d requests in flight; cancelling them",
+        log.warning("drain deadline passed with %d requests in flight; they will be cancelled",
                     app[ADMISSION].in_flight)
 
 

@@ -20,8 +20,8 @@ def error_body(exc: SluiceError) -> dict:
 
 def error_response(exc: SluiceError) -> web.Response:
     headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status in (429, 503):  # also when relayed from another stage
+        headers["Retry-After"] = str(exc.retry_after if isinstance(exc, Overloaded) else 1)
     return web.json_response(error_body(exc), status=exc.status, headers=headers)
 
 

@@ -60,7 +60,7 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
             raise
         except SluiceError as exc:
             metrics.requests.labels(gen.endpoint, str(exc.status)).inc()
-            if not collector.over:
+            if not collector.finished:  # e.g. a timeout or a lost reply: stop the engine's work
                 app[ABORTER].abort(rid, type(exc).__name__)
             if response is not None:
                 return response  # already streaming: the error went out in-stream

@@ -38,8 +38,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     rid, created = uuid.uuid4().hex, time.time()
     wire = chat_to_generate(req, rid, created, request.app[SETTINGS].max_n)
     return await generate.run(request, generate.Generation(
-        wire=wire, spec=spec, stream=req.stream, endpoint="chat",
-        formatter=Formatter(True, rid, req.model, int(created), req.n, req.include_usage),
+        wire=wire, spec=spec, stream=req.streaming, endpoint="chat",
+        formatter=Formatter(True, rid, req.model, int(created), req.choices, req.include_usage),
         traceparent=child_traceparent(request.headers.get("traceparent")),
     ))
 
@@ -51,8 +51,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     rid, created = uuid.uuid4().hex, time.time()
     wire = completion_to_generate(req, rid, created, request.app[SETTINGS].max_n)
     return await generate.run(request, generate.Generation(
-        wire=wire, spec=spec, stream=req.stream, endpoint="completions",
-        formatter=Formatter(False, rid, req.model, int(created), req.n, req.include_usage),
+        wire=wire, spec=spec, stream=req.streaming, endpoint="completions",
+        formatter=Formatter(False, rid, req.model, int(created), req.choices, req.include_usage),
         traceparent=child_traceparent(request.headers.get("traceparent")),
     ))
 
@@ -66,7 +66,11 @@ async def models(request: web.Request) -> web.Response:
     ]})
 
 
-async def health(_: web.Request) -> web.Response:
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process serves and its reply stream still runs (else restart it)."""
+    failure = request.app[ROUTER].failure
+    if failure is not None and not request.app[ADMISSION].closing:
+        return web.json_response({"status": "failed", "reason": failure.message}, status=503)
     return web.json_response({"status": "ok"})
 
 

@@ -17,8 +17,10 @@ log = logging.getLogger("services.gateway")
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     # handler_cancellation: a client that disconnects cancels its handler, which
     # publishes the abort. No polling for disconnects.
+    # The app's on_shutdown drain already waited for in-flight requests (SLUICE_DRAIN_S);
+    # whatever still runs after that is cancelled promptly, which publishes its abort.
     runner = web.AppRunner(build_app(settings), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=settings.drain_s)
+                           shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

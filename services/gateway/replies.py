@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from shared.bus import Publisher
 from shared.contracts import Codec, DecodeErrors, ErrorReply, Reply, TokenDelta
@@ -126,7 +127,10 @@ class ReplyRouter:
             log.warning("invalid reply at %s:%d:%d (%r); dead-lettered", record.topic,
                         record.partition, record.offset, exc)
             self._metrics.dead_letters.inc()
-            await self._publisher.dead_letter(self._deadletter, record, repr(exc), "gateway-replies")
+            try:
+                await self._publisher.dead_letter(self._deadletter, record, repr(exc), "gateway-replies")
+            except KafkaError:
+                log.exception("could not dead-letter a reply; dropped it")
             return
         self._metrics.replies.inc()
         collector = self._collectors.get(msg.request_id)

@@ -68,8 +68,10 @@ class TokenizerService:
             await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             runner.stop()
-            await run  # re-raises if the consume loop died
-            await runner.drain(s.drain_s)
+            try:
+                await run  # re-raises if the consume loop died
+            finally:
+                await runner.drain(s.drain_s)
 
     async def handle(self, req: GenerateRequest, meta: Meta) -> None:
         out_meta = Meta(meta.request_id, meta.reply_to, child_traceparent(meta.traceparent))

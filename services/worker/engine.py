@@ -30,6 +30,15 @@ def prepare_platform(settings: WorkerSettings) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
 
+def client_error_types() -> tuple[type[Exception], ...]:
+    """The exceptions vLLM raises for a request it rejects (a 400, not a 500)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older builds raise ValueError only
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
+
+
 def renice_children(nice: int) -> None:
     """Lower the priority of the engine's processes (engine core, model executor).
 

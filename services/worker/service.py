@@ -8,6 +8,8 @@ import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+from collections.abc import AsyncIterator
+
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -20,7 +22,7 @@ from shared.lifecycle import freeze_heap, ready_line
 from shared.telemetry import child_traceparent, metrics_server
 
 from services.worker.aborts import RecentIds, listen_for_aborts
-from services.worker.engine import open_engine
+from services.worker.engine import client_error_types, open_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.sampling import to_sampling_params
 from services.worker.settings import WorkerSettings
@@ -41,6 +43,7 @@ class WorkerService:
         self._engine: AsyncLLM
         self._publisher: Publisher
         self._marks: AbortMarks
+        self._client_errors: tuple[type[Exception], ...] = (ValueError,)
 
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -53,6 +56,7 @@ class WorkerService:
             self._publisher = Publisher(producer)
             # The engine starts before we join the group, so no partition waits on a cold engine.
             self._engine = await stack.enter_async_context(open_engine(s))
+            self._client_errors = client_error_types()
             port = await stack.enter_async_context(
                 metrics_server(self.metrics.registry, "127.0.0.1", s.metrics_port))
             abort_consumer = await stack.enter_async_context(
@@ -80,7 +84,7 @@ class WorkerService:
             runner.stop()
             beat.cancel()
             await _quietly(registry.remove(s.pool, s.worker_id))
-            await runner.drain(s.drain_s)
+            await runner.drain(s.drain_s)  # waits for the consume loop to exit first
             for task in (consume, aborts, stopped):
                 task.cancel()
             results = await asyncio.gather(beat, consume, aborts, return_exceptions=True)
@@ -99,15 +103,28 @@ class WorkerService:
 
     async def _set_aside(self, record, error: str) -> None:
         self.metrics.dead_letters.inc()
-        await self._publisher.dead_letter(self.settings.topics.deadletter, record, error, "worker-aborts")
+        try:
+            await self._publisher.dead_letter(self.settings.topics.deadletter, record, error,
+                                              "worker-aborts")
+        except KafkaError:
+            log.exception("could not dead-letter an abort message; dropped it")
 
     async def abort(self, request_id: str) -> None:
+        self._aborted_early.add(request_id)  # also covers a request vLLM has not registered yet
         if request_id in self._active:
             await self._engine.abort(request_id)
             self.metrics.aborts.inc()
             log.info("aborted %s on the client's request", request_id)
-        else:
-            self._aborted_early.add(request_id)
+
+    async def _abortable(self, rid: str, outputs: AsyncIterator) -> AsyncIterator:
+        """Pass the engine's outputs through; an abort that raced the request's registration
+        in the engine (and so was a no-op there) is applied once the request is running."""
+        applied = False
+        async for out in outputs:
+            yield out
+            if not applied and not out.finished and rid in self._aborted_early:
+                applied = True
+                await self._engine.abort(rid)
 
     async def handle(self, req: TokenizedRequest, meta: Meta) -> None:
         rid = req.request_id
@@ -117,7 +134,8 @@ class WorkerService:
             return
         stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0)
-        if rid in self._aborted_early or await self._marked(rid):
+        marked = await self._marked(rid)  # an abort may also arrive during this await
+        if marked or rid in self._aborted_early:
             # The client left before the request got here: answer without generating.
             self.metrics.aborts.inc()
             stream.finish("abort")
@@ -126,8 +144,8 @@ class WorkerService:
         self._active.add(rid)
         self.metrics.in_flight.inc()
         try:
-            outputs = self._engine.generate(
-                _tokens_prompt(req.prompt_token_ids), to_sampling_params(req.sampling), request_id=rid)
+            outputs = self._abortable(rid, self._engine.generate(
+                _tokens_prompt(req.prompt_token_ids), to_sampling_params(req.sampling), request_id=rid))
             last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
                               self.settings.coalesce_ms / 1000)
             if last is not None:
@@ -137,10 +155,11 @@ class WorkerService:
             # Shutdown deadline passed: tell the client rather than leave it waiting.
             await self._send_error(meta, stream, Unavailable("the worker shut down mid-request"))
             raise
-        except ValueError as exc:  # vLLM rejects a parameter combination
-            await self._send_error(meta, stream, InvalidRequest(str(exc)))
         except Exception as exc:
-            log.exception("generation of %s failed", rid)
+            if isinstance(exc, self._client_errors):  # vLLM rejected a parameter combination
+                exc = InvalidRequest(str(exc))
+            else:
+                log.exception("generation of %s failed", rid)
             await self._send_error(meta, stream, exc)
         finally:
             self._active.discard(rid)

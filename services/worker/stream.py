@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.contracts import ChoiceDelta, FinishReason, TokenDelta, TokenLogprob, Usage
+from shared.errors import InternalError
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
@@ -60,6 +61,8 @@ class ReplyStream:
                 if comp.logprobs:
                     c.logprobs = (c.logprobs or []) + _logprobs(ids, comp.logprobs, self.top_logprobs)
             if comp.finish_reason is not None:
+                if str(comp.finish_reason) == "error":
+                    raise InternalError("the engine failed while generating this request")
                 c.finish_reason = _FINISH.get(str(comp.finish_reason), "stop")
             c.dirty = c.dirty or bool(ids) or bool(comp.text) or comp.finish_reason is not None
         if out.finished:

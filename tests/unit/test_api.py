@@ -93,3 +93,29 @@ def test_completion_prompt_forms():
         completion_to_generate(parse(CompletionRequest, b'{"model":"m","prompt":["a","b"]}'), "r", 0, 4)
     with pytest.raises(InvalidRequest):
         completion_to_generate(parse(CompletionRequest, b'{"model":"m","prompt":""}'), "r", 0, 4)
+
+
+def test_null_means_default():
+    req = chat(n=None, stream=None, logprobs=None, min_tokens=None, ignore_eos=None, top_p=None)
+    wire = chat_to_generate(req, "r", 0, 4)
+    assert wire.sampling.n == 1 and wire.sampling.min_tokens == 0 and not req.streaming
+
+
+def test_top_p_zero_means_the_most_likely_token():
+    s = chat_to_generate(chat(top_p=0), "r", 0, 4).sampling
+    assert (s.top_p, s.top_k) == (1.0, 1)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+])
+def test_unsupported_features_are_refused_not_ignored(fields, param):
+    with pytest.raises(InvalidRequest) as err:
+        chat_to_generate(chat(**fields), "r", 0, 4)
+    assert err.value.param == param
+
+
+def test_harmless_forms_of_unsupported_features_pass():
+    chat_to_generate(chat(response_format={"type": "text"}, tools=[], logit_bias={}), "r", 0, 4)

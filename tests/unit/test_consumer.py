@@ -51,6 +51,7 @@ class FakeConsumer:
 
     async def getmany(self, timeout_ms=0, max_records=None):
         if self._records and TP not in self._paused:
+            # Like aiokafka: never more than max_records.
             batch, self._records = self._records[:max_records], self._records[max_records:]
             return {TP: batch}
         await asyncio.sleep(timeout_ms / 1000)
@@ -82,7 +83,7 @@ async def test_commits_follow_the_oldest_unfinished_message_and_bad_records_are_
         await release[msg.request_id].wait()
         handled.append(msg.request_id)
 
-    consumer = FakeConsumer([valid(0, "a"), Record(1, b"garbage"), valid(2, "c")])
+    consumer = FakeConsumer([valid(0, "a"), Record(1, None), valid(2, "c")])  # 1: a tombstone
     publisher = FakePublisher()
     runner = GroupRunner(consumer, "t", Codec(AbortRequest), handler, publisher, "dlq",
                          name="test", max_in_flight=8)
@@ -117,6 +118,7 @@ async def test_in_flight_is_bounded_and_the_partition_paused():
         for _ in range(50):  # let the loop run; it must stop taking at 2
             await asyncio.sleep(0)
         assert runner.in_flight == 2 and len(started) == 2
+        assert TP in consumer.paused()  # full: the partition is paused, the loop keeps polling
         gate.set()
         await consumer.wait_commit(5)
         assert len(started) == 5

@@ -70,3 +70,17 @@ def test_newer_schema_version_is_rejected():
 def test_invalid_envelopes_raise_decode_errors(data):
     with pytest.raises(DecodeErrors):
         Codec(GenerateRequest).decode(data)
+
+
+def test_tombstone_is_a_decode_error():
+    with pytest.raises(DecodeErrors):
+        Codec(GenerateRequest).decode(None)
+
+
+def test_meta_ignores_null_headers_and_requires_a_request_id():
+    from shared.bus import Meta
+
+    meta = Meta.from_headers([("sluice-request-id", b"r1"), ("traceparent", None)])
+    assert meta.request_id == "r1" and meta.traceparent is None
+    with pytest.raises(ValueError):
+        Meta.from_headers([("sluice-request-id", None)])

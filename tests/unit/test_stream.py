@@ -93,11 +93,20 @@ async def test_pump_sends_the_first_token_without_waiting_for_the_window():
         await asyncio.sleep(3600)  # the engine is busy; the first token must already be out
         yield Out([], finished=True)
 
-    task = asyncio.create_task(pump(slow(), ReplyStream("r", "w", 1, 1), send, window_s=0.01))
+    # The window is far longer than the wait: only an immediate first send passes.
+    task = asyncio.create_task(pump(slow(), ReplyStream("r", "w", 1, 1), send, window_s=3600))
     await asyncio.wait_for(first_sent.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_engine_error_finish_is_an_error_not_a_stop():
+    from shared.errors import InternalError
+
+    s = ReplyStream("r", "w1", prompt_tokens=1, n=1)
+    with pytest.raises(InternalError):
+        s.add(Out([Comp(0, "a", [1], "error")], finished=True))
 
 
 async def test_pump_reraises_engine_errors():
