@@ -39,7 +39,7 @@ class WorkerService:
         self.settings = settings
         self.metrics = WorkerMetrics()
         self._active: set[str] = set()
-        self._aborted_early = RecentIds()
+        self._aborted = RecentIds()
         self._engine: AsyncLLM
         self._publisher: Publisher
         self._marks: AbortMarks
@@ -110,7 +110,7 @@ class WorkerService:
             log.exception("could not dead-letter an abort message; dropped it")
 
     async def abort(self, request_id: str) -> None:
-        self._aborted_early.add(request_id)  # also covers a request vLLM has not registered yet
+        self._aborted.add(request_id)  # also covers a request vLLM has not registered yet
         if request_id in self._active:
             await self._engine.abort(request_id)
             self.metrics.aborts.inc()
@@ -122,7 +122,7 @@ class WorkerService:
         applied = False
         async for out in outputs:
             yield out
-            if not applied and not out.finished and rid in self._aborted_early:
+            if not applied and not out.finished and rid in self._aborted:
                 applied = True
                 await self._engine.abort(rid)
 
@@ -135,7 +135,7 @@ class WorkerService:
         stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0)
         marked = await self._marked(rid)  # an abort may also arrive during this await
-        if marked or rid in self._aborted_early:
+        if marked or rid in self._aborted:
             # The client left before the request got here: answer without generating.
             self.metrics.aborts.inc()
             stream.finish("abort")
