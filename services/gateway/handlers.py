@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -31,30 +32,26 @@ def _spec(request: web.Request, model: str) -> ModelSpec:
     return spec
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = parse(ChatCompletionRequest, await request.read())
-    assert isinstance(req, ChatCompletionRequest)
+async def _generate(request: web.Request, kind: type, to_wire: Callable, chat: bool,
+                    endpoint: str) -> web.StreamResponse:
+    """HTTP body → API model → wire request, then run the generation."""
+    req = parse(kind, await request.read())
     spec = _spec(request, req.model)
     rid, created = uuid.uuid4().hex, time.time()
-    wire = chat_to_generate(req, rid, created, request.app[SETTINGS].max_n)
+    wire = to_wire(req, rid, created, request.app[SETTINGS].max_n)
     return await generate.run(request, generate.Generation(
-        wire=wire, spec=spec, stream=req.streaming, endpoint="chat",
-        formatter=Formatter(True, rid, req.model, int(created), req.choices, req.include_usage),
+        wire=wire, spec=spec, stream=req.streaming, endpoint=endpoint,
+        formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage),
         traceparent=child_traceparent(request.headers.get("traceparent")),
     ))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, ChatCompletionRequest, chat_to_generate, True, "chat")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    req = parse(CompletionRequest, await request.read())
-    assert isinstance(req, CompletionRequest)
-    spec = _spec(request, req.model)
-    rid, created = uuid.uuid4().hex, time.time()
-    wire = completion_to_generate(req, rid, created, request.app[SETTINGS].max_n)
-    return await generate.run(request, generate.Generation(
-        wire=wire, spec=spec, stream=req.streaming, endpoint="completions",
-        formatter=Formatter(False, rid, req.model, int(created), req.choices, req.include_usage),
-        traceparent=child_traceparent(request.headers.get("traceparent")),
-    ))
+    return await _generate(request, CompletionRequest, completion_to_generate, False, "completions")
 
 
 async def models(request: web.Request) -> web.Response:
