@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ class EngineSettings:
     enforce_eager: bool
     kv_cache_gib: float
     nice: int  # niceness of the engine's own processes (0: unchanged)
+    cpus: str  # "" unchanged, "executor" (the cores vLLM bound), or a list like "0-3,8"
     # Any further vllm AsyncEngineArgs, as JSON (e.g. tensor_parallel_size on cuda/ascend).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -36,8 +38,15 @@ class EngineSettings:
             enforce_eager=env_bool(env, "WORKER_ENFORCE_EAGER", True),
             kv_cache_gib=env_float(env, "WORKER_KV_CACHE_GIB", 1.0),
             nice=env_int(env, "WORKER_ENGINE_NICE", 10 if pool == "cpu" else 0, minimum=0),
+            cpus=_cpus(env.get("WORKER_ENGINE_CPUS", "executor" if pool == "cpu" else "").strip()),
             extra=extra,
         )
+
+
+def _cpus(spec: str) -> str:
+    if spec in ("", "executor") or re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", spec):
+        return spec
+    raise SettingsError(f"WORKER_ENGINE_CPUS must be '', 'executor' or a CPU list, got {spec!r}")
 
 
 @dataclass(frozen=True, slots=True)

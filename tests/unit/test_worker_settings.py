@@ -42,3 +42,20 @@ def test_sampling_maps_onto_vllm_params():
     assert (p.stop, p.seed, p.ignore_eos, p.logprobs) == (["x"], 3, True, 2)
     assert (p.presence_penalty, p.frequency_penalty, p.repetition_penalty) == (0.1, 0.2, 1.1)
     assert p.output_kind.name == "DELTA"
+
+
+def test_engine_cpu_confinement_settings(tmp_path):
+    assert WorkerSettings.from_env(_env(tmp_path)).engine.cpus == "executor"
+    assert WorkerSettings.from_env(_env(tmp_path, WORKER_ENGINE_CPUS="")).engine.cpus == ""
+    assert WorkerSettings.from_env(_env(tmp_path, WORKER_ENGINE_CPUS="0-3,8")).engine.cpus == "0-3,8"
+    assert WorkerSettings.from_env(_env(tmp_path, SLUICE_POOL="cuda")).engine.cpus == ""
+    with pytest.raises(SettingsError):
+        WorkerSettings.from_env(_env(tmp_path, WORKER_ENGINE_CPUS="all of them"))
+
+
+def test_cpu_lists_parse():
+    from services.worker.engine import _cpu_set
+
+    assert _cpu_set("0-2,5", []) == {0, 1, 2, 5}
+    assert _cpu_set("", []) == set()
+    assert _cpu_set("executor", []) == set()  # no engine processes: nothing to confine to
