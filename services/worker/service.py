@@ -38,7 +38,8 @@ class WorkerService:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics()
-        self._active: set[str] = set()
+        self._handling: set[str] = set()  # requests this worker is answering
+        self._active: set[str] = set()  # the subset registered with the engine
         self._aborted = RecentIds()
         self._engine: AsyncLLM
         self._publisher: Publisher
@@ -128,10 +129,17 @@ class WorkerService:
 
     async def handle(self, req: TokenizedRequest, meta: Meta) -> None:
         rid = req.request_id
-        meta = Meta(rid, meta.reply_to, child_traceparent(meta.traceparent))
-        if rid in self._active:
+        if rid in self._handling:  # checked and claimed before any await
             log.warning("request %s delivered twice while running; ignoring the copy", rid)
             return
+        self._handling.add(rid)
+        try:
+            await self._handle(req, Meta(rid, meta.reply_to, child_traceparent(meta.traceparent)))
+        finally:
+            self._handling.discard(rid)
+
+    async def _handle(self, req: TokenizedRequest, meta: Meta) -> None:
+        rid = req.request_id
         stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0)
         marked = await self._marked(rid)  # an abort may also arrive during this await
