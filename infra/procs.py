@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 READY = "SLUICE-READY"
@@ -77,3 +78,19 @@ def detail(ready_detail: str, key: str) -> str:
         if k == key:
             return v
     raise KeyError(key)
+
+
+SERVICES = ("worker", "tokenizer", "gateway")  # start order; they stop in reverse
+
+
+def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *,
+                   echo: bool = False) -> tuple[dict[str, ServiceProcess], str]:
+    """Start every service, wait until each is ready; returns them and the gateway's URL.
+    `stack` stops them (gateway first) when it unwinds."""
+    procs: dict[str, ServiceProcess] = {}
+    for name in SERVICES:
+        procs[name] = ServiceProcess(name, f"services.{name}", env, log_dir / f"{name}.log", echo=echo)
+        stack.callback(procs[name].stop)
+    for proc in procs.values():
+        proc.wait_ready(timeout=600)  # the worker's engine start dominates
+    return procs, detail(procs["gateway"].ready_detail, "url")

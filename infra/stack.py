@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from infra.localinfra import ROOT, local_infra, port_or_free
-from infra.procs import ServiceProcess, detail
+from infra.procs import start_services
 
 
 def main() -> None:
@@ -32,14 +32,8 @@ def main() -> None:
             redis_port=port_or_free(int(os.environ.get("SLUICE_REDIS_PORT", "6379")))))
         env = {**os.environ, **endpoints.env()}
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
-        services = []
-        for name in ("worker", "tokenizer", "gateway"):
-            proc = ServiceProcess(name, f"services.{name}", env, run_dir / f"{name}.log", echo=echo)
-            services.append(proc)
-            stack.callback(proc.stop)  # unwinds gateway, tokenizer, worker, then infra
-        for proc in services:
-            line = proc.wait_ready(timeout=600)
-        url = detail(line, "url")
+        procs, url = start_services(stack, env, run_dir, echo=echo)  # stopped before the infra
+        services = list(procs.values())
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
         while not stop.is_set():

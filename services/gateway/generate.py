@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from shared.bus import Meta, ReplyTo
 from shared.contracts import GenerateRequest, TokenDelta
-from shared.errors import PayloadTooLarge, SluiceError, Unavailable
+from shared.errors import PayloadTooLarge, RemoteError, SluiceError, Unavailable
 from shared.settings import ModelSpec
 
 from services.gateway.errors import error_body
@@ -60,7 +60,9 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
             raise
         except SluiceError as exc:
             metrics.requests.labels(gen.endpoint, str(exc.status)).inc()
-            if not collector.finished:  # e.g. a timeout or a lost reply: stop the engine's work
+            # A stage that replied with an error has stopped already; after a timeout or a
+            # lost reply the worker may still be generating: stop it.
+            if not collector.finished and not isinstance(exc, RemoteError):
                 app[ABORTER].abort(rid, type(exc).__name__)
             if response is not None:
                 return response  # already streaming: the error went out in-stream

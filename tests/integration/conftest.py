@@ -16,7 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from infra.localinfra import ROOT, free_port, local_infra
-from infra.procs import ServiceProcess, detail
+from infra.procs import start_services
 
 GATEWAY_ID = "itest"
 
@@ -68,13 +68,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "WORKER_METRICS_PORT": str(worker_port), "TOKENIZER_METRICS_PORT": str(tok_port),
             "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         }
-        procs = {}
-        for name in ("worker", "tokenizer", "gateway"):
-            procs[name] = ServiceProcess(name, f"services.{name}", env, logs / f"{name}.log")
-            stack_.callback(procs[name].stop)
-        procs["worker"].wait_ready(600)
-        procs["tokenizer"].wait_ready(120)
-        url = detail(procs["gateway"].wait_ready(120), "url")
+        procs, url = start_services(stack_, env, logs)
         yield Stack(
             base_url=url, model=model_path.name, model_path=model_path, env=env,
             worker_metrics=f"http://127.0.0.1:{worker_port}/metrics",

@@ -72,3 +72,17 @@ async def test_openai_client_raises_typed_errors(client, stack):
     with pytest.raises(openai.BadRequestError) as err:
         await client.completions.create(model=stack.model, prompt="hello", max_tokens=100_000)
     assert err.value.code == "context_length_exceeded"
+
+
+async def test_rejected_requests_publish_no_abort(http, client, stack):
+    """A stage that answered with an error has stopped: no abort event, no Redis mark."""
+    from tests.integration.helpers import metric
+
+    before = await metric(http, f"{stack.base_url}/metrics", "sluice_gateway_aborts_published_total")
+    body = orjson.dumps({"model": stack.model, "prompt": "hello", "max_tokens": 4096})
+    async with http.post("/v1/completions", data=body, headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+    # A full request afterwards: a wrongly spawned abort task would have finished by then.
+    await client.completions.create(model=stack.model, prompt="after", max_tokens=4)
+    after = await metric(http, f"{stack.base_url}/metrics", "sluice_gateway_aborts_published_total")
+    assert after == before
