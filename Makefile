@@ -8,12 +8,15 @@ PY := $(VENV)/bin/python
 ENGINE_STAMP := $(VENV)/.engine-cpu
 APP_STAMP := $(VENV)/.sluice-app
 MODEL_DIR := $(CURDIR)/.cache/models/sluice-tiny-dsv3
+VL_MODEL_DIR := $(CURDIR)/.cache/models/sluice-tiny-qwen3vl
+# Both tiny models side by side, each with its own workers; SLUICE_MODELS overrides it.
+DEFAULT_MODELS := sluice-tiny-dsv3=$(MODEL_DIR)@cpu;sluice-tiny-qwen3vl=$(VL_MODEL_DIR)@cpu
 
 export VLLM_TARGET_DEVICE ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install deps redis kafka-jars model up infra test unit clean
+.PHONY: install deps redis kafka-jars model up infra test unit bench clean
 
 install: deps $(APP_STAMP)
 
@@ -42,20 +45,29 @@ kafka-jars:
 
 model: $(APP_STAMP)
 	@$(PY) -m infra.models.tiny_dsv3 --out $(MODEL_DIR)
+	@$(PY) -m infra.models.tiny_qwen3vl --out $(VL_MODEL_DIR)
 
-# The whole stack on the tiny model, on CPU. SLUICE_MODEL may name any vLLM-supported folder.
+# The whole stack on the two tiny models, on CPU. SLUICE_MODELS="name=folder@pool;..." (or
+# SLUICE_MODEL=folder for one) may name any vLLM-supported folders instead.
 up: install model
-	SLUICE_MODEL=$${SLUICE_MODEL:-$(MODEL_DIR)} $(PY) -m infra.stack
+	@if [ -z "$$SLUICE_MODELS$$SLUICE_MODEL" ]; then export SLUICE_MODELS='$(DEFAULT_MODELS)'; fi; \
+	$(PY) -m infra.stack
 
 # Kafka and Redis only.
 infra: install
 	$(PY) -m infra.localinfra
 
 test: install model
-	SLUICE_TEST_MODEL=$(MODEL_DIR) $(PY) -m pytest $(PYTEST_ARGS)
+	SLUICE_TEST_MODEL=$(MODEL_DIR) SLUICE_TEST_VL_MODEL=$(VL_MODEL_DIR) $(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Sluice against `vllm serve` and vLLM's offline engine (same model, engine settings and
+# client), then the transport ceiling; prints the tables, writes .cache/bench/results.json
+# and rewrites docs/benchmarks.md. BENCH_ARGS=--quick for a short trial (docs untouched).
+bench: install model
+	$(PY) -m infra.bench.run --model $${SLUICE_MODEL:-$(MODEL_DIR)} $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache/run .pytest_cache

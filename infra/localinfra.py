@@ -161,11 +161,19 @@ def local_infra(workdir: Path, env: dict[str, str] | None = None, kafka_port: in
 
 
 def create_topics(endpoints: Endpoints, env: dict[str, str]) -> None:
+    """The shared topics (and those of the configured models, if any); services create
+    whatever else they need themselves."""
     from shared.bus import ensure_topics
-    from shared.settings import KafkaSettings, Topics
+    from shared.env import SettingsError
+    from shared.settings import KafkaSettings, ModelCatalog, Topics
 
     merged = {**env, **endpoints.env()}
-    asyncio.run(ensure_topics(KafkaSettings.from_env(merged), Topics.from_env(merged).core(), timeout=90))
+    try:
+        models = ModelCatalog.from_env(merged).models
+    except SettingsError:
+        models = ()
+    asyncio.run(ensure_topics(KafkaSettings.from_env(merged), Topics.from_env(merged).core(models),
+                              timeout=90))
 
 
 def main() -> None:

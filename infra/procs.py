@@ -80,7 +80,21 @@ def detail(ready_detail: str, key: str) -> str:
     raise KeyError(key)
 
 
-SERVICES = ("worker", "tokenizer", "gateway")  # start order; they stop in reverse
+def plan(env: dict[str, str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """The processes of a whole stack, in start order (they stop in reverse): a worker per
+    served model, preprocess if a model takes images, the tokenizer and the gateway.
+    Name → (module, extra environment)."""
+    from shared.settings import ModelCatalog
+
+    catalog = ModelCatalog.from_env(env)
+    procs: dict[str, tuple[str, dict[str, str]]] = {}
+    for spec in catalog.models:
+        procs[f"worker-{spec.route}"] = ("services.worker", {"WORKER_MODEL": spec.name})
+    if any(spec.vision is not None for spec in catalog.models):
+        procs["preprocess"] = ("services.preprocess", {})
+    procs["tokenizer"] = ("services.tokenizer", {})
+    procs["gateway"] = ("services.gateway", {})
+    return procs
 
 
 def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *,
@@ -88,9 +102,9 @@ def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *,
     """Start every service, wait until each is ready; returns them and the gateway's URL.
     `stack` stops them (gateway first) when it unwinds."""
     procs: dict[str, ServiceProcess] = {}
-    for name in SERVICES:
-        procs[name] = ServiceProcess(name, f"services.{name}", env, log_dir / f"{name}.log", echo=echo)
-        stack.callback(procs[name].stop)
+    for name, (module, extra) in plan(env).items():
+        procs[name] = ServiceProcess(name, module, {**env, **extra}, log_dir / f"{name}.log", echo=echo)
+        stack.callback(lambda name=name: procs[name].stop())  # whichever process holds the name then
     for proc in procs.values():
         proc.wait_ready(timeout=600)  # the worker's engine start dominates
     return procs, detail(procs["gateway"].ready_detail, "url")

@@ -1,4 +1,5 @@
-"""Redis: the shared cache and state store (token cache, abort marks, worker liveness)."""
+"""Redis: the shared cache and state store (token cache, abort marks, worker liveness).
+Preprocessed images live in shared.images."""
 
 from __future__ import annotations
 
@@ -68,21 +69,21 @@ class AbortMarks:
 
 
 class WorkerRegistry:
-    """Worker liveness per pool: a sorted set of worker ids scored by last heartbeat."""
+    """Worker liveness per model route (`<pool>.<model>`): worker ids scored by last heartbeat."""
 
     def __init__(self, redis: Redis, prefix: str, ttl_s: float = 10.0) -> None:
         self._redis = redis
         self._prefix = f"{prefix}:workers:"
         self._ttl = ttl_s
 
-    async def heartbeat(self, pool: str, worker_id: str) -> None:
-        await self._redis.zadd(self._prefix + pool, {worker_id: time.time()})
+    async def heartbeat(self, route: str, worker_id: str) -> None:
+        await self._redis.zadd(self._prefix + route, {worker_id: time.time()})
 
-    async def remove(self, pool: str, worker_id: str) -> None:
-        await self._redis.zrem(self._prefix + pool, worker_id)
+    async def remove(self, route: str, worker_id: str) -> None:
+        await self._redis.zrem(self._prefix + route, worker_id)
 
-    async def live(self, pool: str) -> int:
+    async def live(self, route: str) -> int:
         now = time.time()
-        key = self._prefix + pool
+        key = self._prefix + route
         await self._redis.zremrangebyscore(key, "-inf", now - 6 * self._ttl)
         return int(await self._redis.zcount(key, now - self._ttl, "+inf"))

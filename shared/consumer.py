@@ -30,7 +30,8 @@ Handler = Callable[[T, Meta], Awaitable[None]]
 class GroupRunner(Generic[T]):
     def __init__(self, consumer: AIOKafkaConsumer, topic: str, codec: Codec[T], handler: Handler[T],
                  publisher: Publisher, deadletter_topic: str, *, name: str,
-                 max_in_flight: int, on_dead_letter: Callable[[], None] | None = None) -> None:
+                 max_in_flight: int, on_dead_letter: Callable[[], None] | None = None,
+                 on_assigned: Callable[[int], None] | None = None) -> None:
         self._consumer = consumer
         self._topic = topic
         self._codec = codec
@@ -40,6 +41,7 @@ class GroupRunner(Generic[T]):
         self._name = name
         self._max = max_in_flight
         self._on_dead_letter = on_dead_letter
+        self._on_assigned = on_assigned  # told how many partitions we own after a rebalance
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: set[asyncio.Task] = set()
         self._capacity = asyncio.Event()
@@ -188,4 +190,5 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._runner._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        return None
+        if self._runner._on_assigned is not None:
+            self._runner._on_assigned(len(assigned))

@@ -6,8 +6,10 @@ field keeps version 1; a breaking change gets a new version number, and a reader
 rejects (dead-letters) versions newer than it knows.
 
 Stages, named by their types:
-    GenerateRequest  (gateway → tokenizer, topic <prefix>.requests)
-    TokenizedRequest (tokenizer → worker pool, topic <prefix>.infer.<pool>)
+    GenerateRequest  (gateway → tokenizer, topic <prefix>.requests; a request with image
+                      URLs goes to <prefix>.preprocess first, which resolves them to
+                      ImageRefs in Redis and forwards it to <prefix>.requests)
+    TokenizedRequest (tokenizer → the model's workers, topic <prefix>.infer.<pool>.<model>)
     TokenDelta | ErrorReply (any stage → the gateway's own reply topic)
     AbortRequest     (gateway → every worker, topic <prefix>.aborts)
 """
@@ -43,7 +45,56 @@ class TextPrompt(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", ta
     text: str
 
 
-Prompt = ChatPrompt | TextPrompt
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A preprocessed image in Redis (claim check): the content key and its token count."""
+
+    key: str
+    width: int
+    height: int
+    tokens: int  # placeholder tokens the served model's processor gives it
+
+
+class TextPart(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="text"):
+    text: str
+
+
+class ImageUrlPart(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="image_url"):
+    """An image as the client sent it: a data: URL or an http(s) URL. Preprocess resolves it."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImagePart(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="image"):
+    image: ImageRef
+
+
+Part = TextPart | ImageUrlPart | ImagePart
+
+
+class PartsMessage(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    parts: list[Part]
+
+
+class PartsChatPrompt(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="parts_chat"):
+    """A chat whose messages are lists of parts, in order: text and images, for a vision model."""
+
+    messages: list[PartsMessage]
+    add_generation_prompt: bool = True
+
+    def image_urls(self) -> list[ImageUrlPart]:
+        return [p for m in self.messages for p in m.parts if isinstance(p, ImageUrlPart)]
+
+    def images(self) -> list[ImageRef]:
+        return [p.image for m in self.messages for p in m.parts if isinstance(p, ImagePart)]
+
+
+Prompt = ChatPrompt | TextPrompt | PartsChatPrompt
+
+
+def needs_preprocess(prompt: Prompt) -> bool:
+    return isinstance(prompt, PartsChatPrompt) and bool(prompt.image_urls())
 
 
 class Sampling(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,9 +126,10 @@ class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
 class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request"):
     request_id: str
     model: str
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int]  # what the model reads: image placeholders expanded
     sampling: Sampling  # max_tokens is always resolved here
     created: float
+    images: list[ImageRef] = []  # in the order of their placeholder runs
 
 
 class AbortRequest(Wire, frozen=True, kw_only=True, tag="abort_request"):
@@ -164,3 +216,6 @@ class Codec(Generic[T]):
 
 
 DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError, UnsupportedVersion)
+
+
+ImageRefCodec: Codec[ImageRef] = Codec(ImageRef)

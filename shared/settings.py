@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.env import SettingsError, env_int, env_opt, env_str
+from shared.vision import VisionSpec
 
 POOLS = ("cpu", "cuda", "ascend")
 
@@ -52,6 +54,7 @@ class Topics:
 
     prefix: str
     request_partitions: int
+    preprocess_partitions: int
     infer_partitions: int
     reply_partitions: int
 
@@ -60,6 +63,7 @@ class Topics:
         return cls(
             prefix=env_str(env, "SLUICE_TOPIC_PREFIX", "sluice"),
             request_partitions=env_int(env, "SLUICE_REQUEST_PARTITIONS", 8, minimum=1),
+            preprocess_partitions=env_int(env, "SLUICE_PREPROCESS_PARTITIONS", 8, minimum=1),
             infer_partitions=env_int(env, "SLUICE_INFER_PARTITIONS", 8, minimum=1),
             reply_partitions=env_int(env, "SLUICE_REPLY_PARTITIONS", 1, minimum=1),
         )
@@ -68,8 +72,14 @@ class Topics:
     def requests(self) -> str:
         return f"{self.prefix}.requests"
 
-    def infer(self, pool: str) -> str:
-        return f"{self.prefix}.infer.{pool}"
+    @property
+    def preprocess(self) -> str:
+        """Requests with images, before the preprocess service resolves them."""
+        return f"{self.prefix}.preprocess"
+
+    def infer(self, model: ModelSpec) -> str:
+        """One topic per served model: a worker only ever receives requests for its model."""
+        return f"{self.prefix}.infer.{model.route}"
 
     @property
     def aborts(self) -> str:
@@ -86,11 +96,12 @@ class Topics:
     def replies(self, gateway_id: str) -> str:
         return f"{self.prefix}.replies.{gateway_id}"
 
-    def core(self, pools: tuple[str, ...] = POOLS) -> list[TopicSpec]:
-        """The shared topics; reply topics belong to their gateway."""
+    def core(self, models: tuple[ModelSpec, ...]) -> list[TopicSpec]:
+        """The shared topics for these models; reply topics belong to their gateway."""
         return [
             TopicSpec(self.requests, self.request_partitions),
-            *(TopicSpec(self.infer(pool), self.infer_partitions) for pool in pools),
+            TopicSpec(self.preprocess, self.preprocess_partitions),
+            *(TopicSpec(self.infer(model), self.infer_partitions) for model in models),
             self.aborts_spec,
             TopicSpec(self.deadletter, 1),
         ]
@@ -98,23 +109,33 @@ class Topics:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A served model: the name clients use, its local folder and its accelerator pool."""
+    """A served model: the name clients use, its local folder and its accelerator pool.
+    `vision` is set when the model takes images."""
 
     name: str
     path: Path
     pool: str
     max_model_len: int
+    vision: VisionSpec | None = None
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise SettingsError(f"model {self.name!r}: pool must be one of {POOLS}, got {self.pool!r}")
 
+    @property
+    def route(self) -> str:
+        """`<pool>.<model>` in topic-name characters: names its topic, workers and liveness."""
+        return f"{self.pool}.{re.sub(r'[^A-Za-z0-9_-]', '_', self.name)}"
 
-def _max_len_from_config(path: Path) -> int:
+
+def _read_config(path: Path) -> dict:
     try:
-        cfg = json.loads((path / "config.json").read_text())
+        return json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise SettingsError(f"cannot read {path / 'config.json'}: {exc}") from exc
+
+
+def _max_len_from_config(path: Path, cfg: dict) -> int:
     text_cfg = cfg.get("text_config", cfg)
     value = text_cfg.get("max_position_embeddings") or cfg.get("max_position_embeddings")
     if not isinstance(value, int):
@@ -126,12 +147,14 @@ def _spec(name: str | None, path_s: str, pool: str, max_len: int | None) -> Mode
     path = Path(path_s).expanduser().resolve()
     if not path.is_dir():
         raise SettingsError(f"model folder {path} does not exist")
-    cap = _max_len_from_config(path)
+    cfg = _read_config(path)
+    cap = _max_len_from_config(path, cfg)
     return ModelSpec(
         name=name or path.name,
         path=path,
         pool=pool,
         max_model_len=min(max_len, cap) if max_len else cap,
+        vision=VisionSpec.from_folder(path, cfg),
     )
 
 
@@ -155,6 +178,9 @@ class ModelCatalog:
                 except ValueError as exc:
                     raise SettingsError(f"SLUICE_MODELS entry {item!r} is not name=path@pool") from exc
                 specs.append(_spec(name.strip(), path_s.strip(), pool.strip(), max_len))
+            routes = [spec.route for spec in specs]
+            if len(set(routes)) != len(routes):
+                raise SettingsError(f"SLUICE_MODELS: two models share a name or route: {routes}")
             return cls(tuple(specs))
         path_s = env_opt(env, "SLUICE_MODEL")
         if not path_s:
@@ -167,7 +193,3 @@ class ModelCatalog:
             if spec.name == name:
                 return spec
         return None
-
-    @property
-    def pools(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(spec.pool for spec in self.models))

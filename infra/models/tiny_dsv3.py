@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from infra.models.bpe import corpus_files, train_bpe, wrap
+from infra.models.folder import MARKER, build_atomically, is_built
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / ".cache" / "models" / "sluice-tiny-dsv3"
-MARKER = ".sluice-complete"
 
 SPECIAL = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
 BOS_ID, EOS_ID, PAD_ID = 0, 1, 2
@@ -63,37 +60,30 @@ ARCH = dict(
 
 
 def build(out: Path, seed: int = 0) -> Path:
+    return build_atomically(out, lambda folder: _fill(folder, seed))
+
+
+def _fill(work: Path, seed: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, DeepseekV3Config
 
-    work = Path(tempfile.mkdtemp(prefix="tiny-dsv3-", dir=out.parent))
-    os.chmod(work, 0o755)
-    try:
-        tok = wrap(
-            train_bpe(ARCH["vocab_size"], SPECIAL, corpus_files()),
-            bos="<|bos|>", eos="<|eos|>", pad="<|pad|>",
-            chat_template=CHAT_TEMPLATE, model_max_length=ARCH["max_position_embeddings"],
-        )
-        assert tok.convert_tokens_to_ids(SPECIAL[:3]) == [BOS_ID, EOS_ID, PAD_ID]
-        tok.save_pretrained(work)
+    tok = wrap(
+        train_bpe(ARCH["vocab_size"], SPECIAL, corpus_files()),
+        bos="<|bos|>", eos="<|eos|>", pad="<|pad|>",
+        chat_template=CHAT_TEMPLATE, model_max_length=ARCH["max_position_embeddings"],
+    )
+    assert tok.convert_tokens_to_ids(SPECIAL[:3]) == [BOS_ID, EOS_ID, PAD_ID]
+    tok.save_pretrained(work)
 
-        torch.manual_seed(seed)
-        config = DeepseekV3Config(
-            **ARCH, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-            tie_word_embeddings=False,
-        )
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(work, safe_serialization=True)
-        _patch_for_vllm(work, load_file, save_file, torch)
-        (work / MARKER).write_text("ok\n")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
-    return out
+    torch.manual_seed(seed)
+    config = DeepseekV3Config(
+        **ARCH, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(work, safe_serialization=True)
+    _patch_for_vllm(work, load_file, save_file, torch)
 
 
 def _patch_for_vllm(folder: Path, load_file, save_file, torch) -> None:
@@ -110,8 +100,6 @@ def _patch_for_vllm(folder: Path, load_file, save_file, torch) -> None:
         name = f"model.layers.{layer}.mlp.gate.e_score_correction_bias"
         tensors.setdefault(name, torch.zeros(cfg["n_routed_experts"], dtype=torch.float32))
     save_file(tensors, str(weights), metadata={"format": "pt"})
-    for path in folder.iterdir():
-        os.chmod(path, 0o644)  # save_file writes 0600
 
 
 def main() -> None:
@@ -120,8 +108,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
     args = parser.parse_args()
     out: Path = args.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.force or not (out / MARKER).exists():
+    if args.force or not is_built(out):
         print(f"building tiny DeepSeek-V3 MoE model in {out}", flush=True)
         build(out)
     print(out)

@@ -25,36 +25,36 @@ class Admission:
         self._workers = workers
         self._metrics = metrics
         self._live_cache_s = live_cache_s
-        self._live_until: dict[str, float] = {}  # pool → time a positive check stays valid
+        self._live_until: dict[str, float] = {}  # model route → time a positive check stays valid
         self._idle = asyncio.Event()
         self._idle.set()
         self.in_flight = 0
         self.closing = False
 
-    async def pool_alive(self, pool: str) -> bool:
+    async def workers_alive(self, route: str) -> bool:
         # Only positive answers are cached: a worker that just started is seen at once.
         now = time.monotonic()
-        if self._live_until.get(pool, 0.0) > now:
+        if self._live_until.get(route, 0.0) > now:
             return True
         try:
-            live = await self._workers.live(pool)
+            live = await self._workers.live(route)
         except RedisError as exc:
             # Liveness is unknown without Redis; the Kafka path still works, so let it through.
             log.warning("worker registry unavailable: %s", exc)
             return True
         if live > 0:
-            self._live_until[pool] = now + self._live_cache_s
+            self._live_until[route] = now + self._live_cache_s
             return True
         return False
 
     @asynccontextmanager
-    async def admit(self, pool: str) -> AsyncIterator[None]:
+    async def admit(self, route: str) -> AsyncIterator[None]:
         if self.closing:
             raise Unavailable("the gateway is shutting down", retry_after=1)
         if self.in_flight >= self._max:
             raise Overloaded("too many requests in flight; retry shortly", retry_after=1)
-        if not await self.pool_alive(pool):
-            raise Unavailable(f"no inference worker is serving the {pool} pool", retry_after=5)
+        if not await self.workers_alive(route):
+            raise Unavailable(f"no inference worker is serving {route}", retry_after=5)
         self.in_flight += 1
         self._metrics.in_flight.inc()
         self._idle.clear()

@@ -6,8 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.contracts import ChatMessage, ChatPrompt, GenerateRequest, Sampling, TextPrompt
+from shared.contracts import (ChatMessage, ChatPrompt, GenerateRequest, ImageUrlPart, Part,
+                              PartsChatPrompt, PartsMessage, Sampling, TextPrompt)
+from shared.contracts import TextPart as WireTextPart
 from shared.errors import InvalidRequest
+from shared.settings import ModelSpec
 
 
 class _Model(BaseModel):
@@ -145,7 +148,11 @@ def parse(kind: type[_Generation], body: bytes) -> _Generation:
         raise InvalidRequest(f"Invalid value for '{loc}': {err['msg']}", param=loc or None) from None
 
 
-def _text_of(msg: Message, index: int) -> str:
+def _role(msg: Message) -> Literal["system", "user", "assistant"]:
+    return "system" if msg.role == "developer" else msg.role
+
+
+def _text_of(msg: Message, index: int, model: str) -> str:
     if msg.content is None:
         return ""
     if isinstance(msg.content, str):
@@ -153,30 +160,59 @@ def _text_of(msg: Message, index: int) -> str:
     texts = []
     for j, part in enumerate(msg.content):
         if isinstance(part, ImagePart):
-            raise InvalidRequest("This model does not accept image input.",
+            raise InvalidRequest(f"The model `{model}` does not accept image input.",
                                  param=f"messages.{index}.content.{j}")
         texts.append(part.text)
     return "\n".join(texts)  # as vLLM joins text parts
 
 
-def chat_to_generate(req: ChatCompletionRequest, request_id: str, created: float,
-                     max_n: int) -> GenerateRequest:
+def _parts_of(msg: Message, index: int) -> list[Part]:
+    if msg.content is None:
+        return []
+    if isinstance(msg.content, str):
+        return [WireTextPart(text=msg.content)]
+    parts: list[Part] = []
+    for j, part in enumerate(msg.content):
+        if isinstance(part, TextPart):
+            parts.append(WireTextPart(text=part.text))
+            continue
+        if msg.role != "user":
+            raise InvalidRequest("images are accepted in user messages only",
+                                 param=f"messages.{index}.content.{j}")
+        parts.append(ImageUrlPart(url=part.image_url.url, detail=part.image_url.detail))
+    return parts
+
+
+def _chat_prompt(req: ChatCompletionRequest, spec: ModelSpec,
+                 max_images: int) -> ChatPrompt | PartsChatPrompt:
+    """A vision model gets content parts as sent (text and images, in order); a text model
+    gets each message's text joined, and a 400 for an image."""
+    if spec.vision is None or all(isinstance(m.content, str | None) for m in req.messages):
+        return ChatPrompt(messages=[ChatMessage(role=_role(m), content=_text_of(m, i, req.model))
+                                    for i, m in enumerate(req.messages)])
+    prompt = PartsChatPrompt(messages=[PartsMessage(role=_role(m), parts=_parts_of(m, i))
+                                       for i, m in enumerate(req.messages)])
+    count = len(prompt.image_urls())
+    if count > max_images:
+        raise InvalidRequest(f"at most {max_images} images are accepted per request; this one "
+                             f"has {count}", param="messages")
+    return prompt
+
+
+def chat_to_generate(req: ChatCompletionRequest, request_id: str, created: float, max_n: int,
+                     spec: ModelSpec, max_images: int) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
-    messages = [
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=_text_of(m, i))
-        for i, m in enumerate(req.messages)
-    ]
     max_tokens = req.max_completion_tokens or req.max_tokens
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return GenerateRequest(
         request_id=request_id, model=req.model, created=created,
-        prompt=ChatPrompt(messages=messages), sampling=req.sampling(max_tokens, logprobs, max_n),
+        prompt=_chat_prompt(req, spec, max_images), sampling=req.sampling(max_tokens, logprobs, max_n),
     )
 
 
-def completion_to_generate(req: CompletionRequest, request_id: str, created: float,
-                           max_n: int) -> GenerateRequest:
+def completion_to_generate(req: CompletionRequest, request_id: str, created: float, max_n: int,
+                           spec: ModelSpec, max_images: int) -> GenerateRequest:
     if req.echo:
         raise InvalidRequest("echo is not supported", param="echo")
     if req.suffix:

@@ -46,7 +46,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     reply_spec = TopicSpec(settings.reply_topic, settings.topics.reply_partitions)
-    await ensure_topics(settings.kafka, [*settings.topics.core(settings.catalog.pools), reply_spec])
+    await ensure_topics(settings.kafka, [*settings.topics.core(settings.catalog.models), reply_spec])
     async with kafka_producer(settings.kafka, f"gateway-{settings.gateway_id}") as producer:
         app[PUBLISHER] = Publisher(producer)
         yield

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from shared.bus import Meta, ReplyTo
-from shared.contracts import GenerateRequest, TokenDelta
+from shared.contracts import GenerateRequest, TokenDelta, needs_preprocess
 from shared.errors import PayloadTooLarge, RemoteError, SluiceError, Unavailable
 from shared.settings import ModelSpec
 
@@ -36,7 +36,7 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
     settings, router, metrics = app[SETTINGS], app[ROUTER], app[METRICS]
     rid = gen.wire.request_id
     response: web.StreamResponse | None = None
-    async with app[ADMISSION].admit(gen.spec.pool):
+    async with app[ADMISSION].admit(gen.spec.route):
         collector = router.open(rid)
         try:
             await _publish(app, gen)
@@ -76,7 +76,9 @@ async def _publish(app: web.Application, gen: Generation) -> None:
     rid = gen.wire.request_id
     reply_to = ReplyTo(settings.reply_topic, zlib.crc32(rid.encode()) % settings.topics.reply_partitions)
     try:
-        await app[PUBLISHER].send_and_wait(settings.topics.requests, gen.wire,
+        # Images go through preprocess first; text goes straight to the tokenizer.
+        topic = settings.topics.preprocess if needs_preprocess(gen.wire.prompt) else settings.topics.requests
+        await app[PUBLISHER].send_and_wait(topic, gen.wire,
                                            Meta(rid, reply_to, gen.traceparent))
     except MessageSizeTooLargeError as exc:
         raise PayloadTooLarge("The request is larger than the message bus accepts.") from exc

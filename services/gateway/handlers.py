@@ -38,7 +38,8 @@ async def _generate(request: web.Request, kind: type, to_wire: Callable, chat: b
     req = parse(kind, await request.read())
     spec = _spec(request, req.model)
     rid, created = uuid.uuid4().hex, time.time()
-    wire = to_wire(req, rid, created, request.app[SETTINGS].max_n)
+    settings = request.app[SETTINGS]
+    wire = to_wire(req, rid, created, settings.max_n, spec, settings.limits.max_images)
     return await generate.run(request, generate.Generation(
         wire=wire, spec=spec, stream=req.streaming, endpoint=endpoint,
         formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage),
@@ -72,14 +73,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Ready when Kafka and Redis answer, replies flow, and every pool has a live worker."""
+    """Ready when Kafka and Redis answer, replies flow, and every model has a live worker."""
     app = request.app
     checks: dict[str, object] = {}
     try:
         await asyncio.wait_for(app[REDIS].ping(), 2)
         checks["redis"] = "ok"
-        for pool in app[SETTINGS].catalog.pools:
-            checks[f"workers.{pool}"] = "ok" if await app[ADMISSION].pool_alive(pool) else "none alive"
+        for spec in app[SETTINGS].catalog.models:
+            alive = await app[ADMISSION].workers_alive(spec.route)
+            checks[f"workers.{spec.route}"] = "ok" if alive else "none alive"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.contracts import GenerateRequest, TokenizedRequest
+from shared.contracts import GenerateRequest, PartsChatPrompt, TokenizedRequest
 from shared.errors import ContextLengthExceeded
 from shared.settings import ModelSpec
 
@@ -35,4 +35,5 @@ def to_tokenized(req: GenerateRequest, ids: list[int], spec: ModelSpec) -> Token
         prompt_token_ids=ids,
         sampling=msgspec.structs.replace(req.sampling, max_tokens=max_tokens),
         created=req.created,
+        images=req.prompt.images() if isinstance(req.prompt, PartsChatPrompt) else [],
     )

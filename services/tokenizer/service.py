@@ -45,10 +45,10 @@ class TokenizerService:
             loop = asyncio.get_running_loop()
             for spec in s.catalog.models:
                 self._encoders[spec.name] = await loop.run_in_executor(
-                    self._executor, PromptEncoder, spec.path)
+                    self._executor, PromptEncoder, spec.path, spec.vision)
             redis = await stack.enter_async_context(redis_client(s.redis))
             self._cache = TokenCache(redis, s.topics.prefix, s.cache_ttl_s)
-            await ensure_topics(s.kafka, s.topics.core())
+            await ensure_topics(s.kafka, s.topics.core(s.catalog.models))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.instance_id))
             self._publisher = Publisher(producer)
             port = await stack.enter_async_context(
@@ -79,7 +79,7 @@ class TokenizerService:
             spec = self._spec(req.model)
             ids = await self._token_ids(spec, req)
             tokenized = to_tokenized(req, ids, spec)
-            await self._publisher.send_and_wait(self.settings.topics.infer(spec.pool), tokenized, out_meta)
+            await self._publisher.send_and_wait(self.settings.topics.infer(spec), tokenized, out_meta)
             self.metrics.requests.labels("ok").inc()
         except asyncio.CancelledError:
             raise

@@ -87,6 +87,9 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     e = settings.engine
+    multimodal: dict = {}
+    if settings.model.vision is not None:  # images only; no video input through Sluice
+        multimodal["limit_mm_per_prompt"] = {"image": settings.limits.max_images, "video": 0}
     args = AsyncEngineArgs(
         model=str(settings.model.path),
         served_model_name=[settings.model.name],
@@ -94,7 +97,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
         max_model_len=settings.model.max_model_len,
         max_num_seqs=e.max_num_seqs,
         enforce_eager=e.enforce_eager,
-        **e.extra,
+        **{**multimodal, **e.extra},
     )
     engine = AsyncLLM.from_engine_args(args)
     try:

@@ -17,12 +17,14 @@ from shared.bus import Meta, Publisher, assign_from_end, ensure_topics, kafka_co
 from shared.cache import AbortMarks, WorkerRegistry, redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, TokenDelta, TokenizedRequest
-from shared.errors import InvalidRequest, Unavailable, error_reply
+from shared.errors import InvalidRequest, SluiceError, Unavailable, error_reply
+from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
 from shared.telemetry import child_traceparent, metrics_server
 
 from services.worker.aborts import RecentIds, listen_for_aborts
 from services.worker.engine import client_error_types, open_engine
+from services.worker.images import engine_prompt
 from services.worker.metrics import WorkerMetrics
 from services.worker.sampling import to_sampling_params
 from services.worker.settings import WorkerSettings
@@ -44,6 +46,7 @@ class WorkerService:
         self._engine: AsyncLLM
         self._publisher: Publisher
         self._marks: AbortMarks
+        self._images: ImageStore
         self._client_errors: tuple[type[Exception], ...] = (ValueError,)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -51,8 +54,9 @@ class WorkerService:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(redis_client(s.redis))
             self._marks = AbortMarks(redis, s.topics.prefix)
+            self._images = ImageStore(redis, s.topics.prefix, ttl_s=0)  # reads only
             registry = WorkerRegistry(redis, s.topics.prefix)
-            await ensure_topics(s.kafka, s.topics.core())
+            await ensure_topics(s.kafka, s.topics.core((s.model,)))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
             self._publisher = Publisher(producer)
             # The engine starts before we join the group, so no partition waits on a cold engine.
@@ -67,11 +71,11 @@ class WorkerService:
                 s.kafka, client_id=s.worker_id, group_id=s.group_id, auto_offset_reset="earliest",
                 max_poll_interval_ms=600_000))
             runner = GroupRunner(
-                consumer, s.topics.infer(s.pool), Codec(TokenizedRequest), self.handle,
+                consumer, s.topics.infer(s.model), Codec(TokenizedRequest), self.handle,
                 self._publisher, s.topics.deadletter, name="worker", max_in_flight=s.max_in_flight,
                 on_dead_letter=self.metrics.dead_letters.inc)
             runner.subscribe()
-            await registry.heartbeat(s.pool, s.worker_id)  # visible to gateways before "ready"
+            await registry.heartbeat(s.model.route, s.worker_id)  # visible to gateways before "ready"
             beat = asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat")
             consume = asyncio.create_task(runner.run(), name="worker-consume")
             aborts = asyncio.create_task(
@@ -84,7 +88,7 @@ class WorkerService:
             # arrive meanwhile), then close in reverse order.
             runner.stop()
             beat.cancel()
-            await _quietly(registry.remove(s.pool, s.worker_id))
+            await _quietly(registry.remove(s.model.route, s.worker_id))
             await runner.drain(s.drain_s)  # waits for the consume loop to exit first
             for task in (consume, aborts, stopped):
                 task.cancel()
@@ -97,7 +101,7 @@ class WorkerService:
     async def _heartbeat(self, registry: WorkerRegistry) -> None:
         while True:
             try:
-                await registry.heartbeat(self.settings.pool, self.settings.worker_id)
+                await registry.heartbeat(self.settings.model.route, self.settings.worker_id)
             except Exception as exc:  # Redis blip: the next beat retries
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_s)
@@ -152,8 +156,9 @@ class WorkerService:
         self._active.add(rid)
         self.metrics.in_flight.inc()
         try:
+            prompt = await engine_prompt(req, self.settings.model.vision, self._images)
             outputs = self._abortable(rid, self._engine.generate(
-                _tokens_prompt(req.prompt_token_ids), to_sampling_params(req.sampling), request_id=rid))
+                prompt, to_sampling_params(req.sampling), request_id=rid))
             last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
                               self.settings.coalesce_ms / 1000)
             if last is not None:
@@ -164,7 +169,11 @@ class WorkerService:
             await self._send_error(meta, stream, Unavailable("the worker shut down mid-request"))
             raise
         except Exception as exc:
-            if isinstance(exc, self._client_errors):  # vLLM rejected a parameter combination
+            if isinstance(exc, SluiceError):
+                pass
+            elif isinstance(exc, RedisError):
+                exc = Unavailable(f"the image store is unavailable: {exc}", retry_after=2)
+            elif isinstance(exc, self._client_errors):  # vLLM rejected a parameter combination
                 exc = InvalidRequest(str(exc))
             else:
                 log.exception("generation of %s failed", rid)
@@ -208,12 +217,6 @@ async def _quietly(coro) -> None:
         await coro
     except Exception as exc:
         log.warning("ignored during shutdown: %s", exc)
-
-
-def _tokens_prompt(ids: list[int]):
-    from vllm.inputs import TokensPrompt
-
-    return TokensPrompt(prompt_token_ids=ids)
 
 
 def build_worker(settings: WorkerSettings) -> WorkerService:

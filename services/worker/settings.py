@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.env import SettingsError, env_bool, env_float, env_int, env_opt, env_str
 from shared.settings import KafkaSettings, ModelCatalog, ModelSpec, RedisSettings, Topics
+from shared.vision import ImageLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class WorkerSettings:
     topics: Topics
     model: ModelSpec
     engine: EngineSettings
+    limits: ImageLimits
     worker_id: str
     group_id: str
     max_in_flight: int
@@ -82,8 +84,9 @@ class WorkerSettings:
             topics=topics,
             model=model,
             engine=EngineSettings.from_env(env, model.pool),
+            limits=ImageLimits.from_env(env),
             worker_id=env_str(env, "WORKER_ID", f"worker-{socket.gethostname()}-{os.getpid()}"),
-            group_id=env_str(env, "WORKER_GROUP", f"{topics.prefix}-worker-{model.pool}"),
+            group_id=env_str(env, "WORKER_GROUP", f"{topics.prefix}-worker-{model.route}"),
             max_in_flight=env_int(env, "WORKER_MAX_IN_FLIGHT", 256, minimum=1),
             coalesce_ms=env_float(env, "WORKER_COALESCE_MS", 3.0),
             heartbeat_s=env_float(env, "WORKER_HEARTBEAT_S", 2.0),

@@ -1,5 +1,6 @@
-"""The real stack for integration tests: Apache Kafka, Redis, and the three services as
-processes, on the tiny random-weight MoE model with vLLM's CPU engine.
+"""The real stack for integration tests: Apache Kafka, Redis, and the services as processes,
+on two tiny random-weight MoE models (a DeepSeek-V3 text model and a Qwen3-VL-MoE vision
+model, each with its own worker) with vLLM's CPU engine.
 
 KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point the tests at existing servers instead."""
 
@@ -15,20 +16,24 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 
-from infra.localinfra import ROOT, free_port, local_infra
-from infra.procs import start_services
+from infra.localinfra import ROOT, local_infra
+from infra.models.folder import is_built
+from infra.procs import ServiceProcess, detail, plan, start_services
+from tests.integration.image_server import ImageServer
 
 GATEWAY_ID = "itest"
+IMAGE_LIMIT = 1 << 20  # bytes per image, so a test can exceed it cheaply
 
 
 @dataclass(frozen=True)
 class Stack:
     base_url: str
-    model: str
+    model: str  # the text model
     model_path: Path
+    vl_model: str  # the vision model
+    vl_model_path: Path
     env: dict[str, str]
-    worker_metrics: str
-    tokenizer_metrics: str
+    procs: dict[str, ServiceProcess]
     logs: Path
 
     @property
@@ -39,40 +44,76 @@ class Stack:
     def reply_topic(self) -> str:
         return f"sluice.replies.{GATEWAY_ID}"
 
+    def metrics_url(self, name: str) -> str:
+        return metrics_url(self.procs[name])
 
-def _model_path() -> Path:
-    env = os.environ.get("SLUICE_TEST_MODEL")
+    @property
+    def worker_metrics(self) -> str:
+        return self.metrics_url(f"worker-cpu.{self.model}")
+
+    @property
+    def vl_worker_metrics(self) -> str:
+        return self.metrics_url(f"worker-cpu.{self.vl_model}")
+
+    @property
+    def tokenizer_metrics(self) -> str:
+        return self.metrics_url("tokenizer")
+
+    def start(self, name: str, module: str, **env: str) -> ServiceProcess:
+        """One more service process on this stack (the caller stops it); waits until ready."""
+        proc = ServiceProcess(name, module, {**self.env, **env}, self.logs / f"{name}.log")
+        try:
+            proc.wait_ready(timeout=120)
+        except BaseException:
+            proc.stop()
+            raise
+        return proc
+
+    def restart(self, name: str, **env: str) -> None:
+        """Replace one of the stack's processes by one with these settings added."""
+        module, extra = plan(self.env)[name]
+        self.procs[name].stop()
+        self.procs[name] = self.start(name, module, **extra, **env)
+
+
+def metrics_url(proc: ServiceProcess) -> str:
+    return f"http://127.0.0.1:{detail(proc.ready_detail, 'metrics_port')}/metrics"
+
+
+def _model_path(variable: str, module: str) -> Path:
+    env = os.environ.get(variable)
     if env:
         return Path(env)
-    from infra.models.tiny_dsv3 import DEFAULT_OUT, MARKER, build
-
-    if not (DEFAULT_OUT / MARKER).exists():
-        DEFAULT_OUT.parent.mkdir(parents=True, exist_ok=True)
-        build(DEFAULT_OUT)
-    return DEFAULT_OUT
+    builder = __import__(f"infra.models.{module}", fromlist=["build", "DEFAULT_OUT"])
+    if not is_built(builder.DEFAULT_OUT):
+        builder.build(builder.DEFAULT_OUT)
+    return builder.DEFAULT_OUT
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    model_path = _model_path()
+    model_path = _model_path("SLUICE_TEST_MODEL", "tiny_dsv3")
+    vl_model_path = _model_path("SLUICE_TEST_VL_MODEL", "tiny_qwen3vl")
     logs = Path(os.environ.get("SLUICE_TEST_LOGS", ROOT / ".cache" / "test-logs"))
     logs.mkdir(parents=True, exist_ok=True)
     work = tmp_path_factory.mktemp("infra")
+    models = f"{model_path.name}={model_path}@cpu;{vl_model_path.name}={vl_model_path}@cpu"
     with ExitStack() as stack_:
-        endpoints = stack_.enter_context(local_infra(work))
-        worker_port, tok_port = free_port(), free_port()
+        endpoints = stack_.enter_context(local_infra(work, env={**os.environ, "SLUICE_MODELS": models}))
         env = {
             **os.environ, **endpoints.env(),
-            "SLUICE_MODEL": str(model_path),
+            "SLUICE_MODELS": models,
             "GATEWAY_PORT": "0", "GATEWAY_ID": GATEWAY_ID,
-            "WORKER_METRICS_PORT": str(worker_port), "TOKENIZER_METRICS_PORT": str(tok_port),
+            "WORKER_METRICS_PORT": "0", "TOKENIZER_METRICS_PORT": "0", "PREPROCESS_METRICS_PORT": "0",
+            "SLUICE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT),
             "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         }
+        env.pop("SLUICE_MODEL", None)
         procs, url = start_services(stack_, env, logs)
         yield Stack(
-            base_url=url, model=model_path.name, model_path=model_path, env=env,
-            worker_metrics=f"http://127.0.0.1:{worker_port}/metrics",
-            tokenizer_metrics=f"http://127.0.0.1:{tok_port}/metrics", logs=logs,
+            base_url=url, model=model_path.name, model_path=model_path,
+            vl_model=vl_model_path.name, vl_model_path=vl_model_path,
+            env=env, procs=procs, logs=logs,
         )
         for name, proc in procs.items():
             assert proc.proc.poll() is None, f"{name} died during the tests; see {proc.log_path}"
@@ -90,3 +131,14 @@ async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=stack.base_url,
                                      timeout=aiohttp.ClientTimeout(total=300)) as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+async def image_server() -> AsyncIterator[ImageServer]:
+    """A local http server with images (and things that are not), counting its requests."""
+    server = ImageServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

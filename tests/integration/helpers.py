@@ -58,3 +58,34 @@ async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
         if line.startswith(name) and (line[len(name)] in " {"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def eventually(check: Callable, timeout: float = 60) -> None:
+    """Another process's state (its metrics) has nothing to await: re-check until the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.2)
+
+
+async def offline_reference(stack, model_path, cases: list[dict], tag: str) -> list[dict]:
+    """vLLM's offline engine on `cases` (one at a time), in a subprocess: see offline_reference.py."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("offline_reference.py")
+    config = json.loads((model_path / "config.json").read_text())
+    max_len = config.get("text_config", config)["max_position_embeddings"]
+    log = stack.logs / f"offline_reference_{tag}.log"
+    result = stack.logs / f"offline_reference_{tag}.json"
+    with open(log, "wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), str(model_path), str(max_len), str(result),
+            stdin=asyncio.subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, **stack.env})
+        await proc.communicate(json.dumps(cases).encode())
+    assert proc.returncode == 0, f"offline reference failed; see {log}"
+    return json.loads(result.read_text())

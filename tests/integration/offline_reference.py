@@ -21,7 +21,11 @@ def main() -> None:
 
     model, max_len, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     cases = json.load(sys.stdin)
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, enforce_eager=True)
+    with open(os.path.join(model, "config.json")) as f:
+        vision = "vision_config" in json.load(f)
+    # The same image limit as a Sluice worker's engine (SLUICE_MAX_IMAGES' default).
+    extra = {"limit_mm_per_prompt": {"image": 8, "video": 0}} if vision else {}
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, enforce_eager=True, **extra)
     out = []
     for case in cases:
         params = SamplingParams(temperature=0, max_tokens=case["max_tokens"])

@@ -33,7 +33,7 @@ def cases(model):
          orjson.dumps({"model": model, "stream": True,
                        "messages": [{"role": "user", "content": long_prompt}]}), 400, "messages"),
         ("body over the size limit", "/v1/chat/completions",
-         _chat(model, padding="x" * (2 << 20)), 413, None),
+         _chat(model, padding="x" * (7 << 20)), 413, None),
         ("unknown route", "/v1/embeddings", _chat(model), 404, None),
     ]
 

@@ -1,14 +1,9 @@
 """At temperature 0, one request at a time, the pipeline returns exactly what vLLM's offline
 engine returns for the same messages: not one token added, dropped or reordered."""
 
-import asyncio
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.integration.helpers import offline_reference
 
 pytestmark = pytest.mark.stack
 
@@ -31,18 +26,7 @@ MAX_TOKENS = 48
 async def reference(stack):
     cases = [{"messages": m, "max_tokens": MAX_TOKENS} for m in CHATS]
     cases += [{"prompt": p, "max_tokens": MAX_TOKENS} for p in PROMPTS]
-    script = Path(__file__).with_name("offline_reference.py")
-    max_len = json.loads((stack.model_path / "config.json").read_text())["max_position_embeddings"]
-    log = stack.logs / "offline_reference.log"
-    result = stack.logs / "offline_reference.json"
-    with open(log, "wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), str(stack.model_path), str(max_len), str(result),
-            stdin=asyncio.subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, **stack.env})
-        await proc.communicate(json.dumps(cases).encode())
-    assert proc.returncode == 0, f"offline reference failed; see {log}"
-    return json.loads(result.read_text())
+    return await offline_reference(stack, stack.model_path, cases, "text")
 
 
 async def _stream_chat(client, model, messages):

@@ -105,4 +105,4 @@ async def test_n_choices(client, stack):
 
 async def test_models_endpoint(client, stack):
     models = await client.models.list()
-    assert [m.id for m in models.data] == [stack.model]
+    assert [m.id for m in models.data] == [stack.model, stack.vl_model]

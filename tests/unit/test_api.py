@@ -1,16 +1,24 @@
+from pathlib import Path
+
 import orjson
 import pytest
 
 from shared.contracts import ChatPrompt, TextPrompt
 from shared.errors import InvalidRequest
+from shared.settings import ModelSpec
 
-from services.gateway.api import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    chat_to_generate,
-    completion_to_generate,
-    parse,
-)
+from services.gateway import api
+from services.gateway.api import ChatCompletionRequest, CompletionRequest, parse
+
+TEXT_MODEL = ModelSpec(name="m", path=Path("/m"), pool="cpu", max_model_len=1024)
+
+
+def chat_to_generate(req, rid, created, max_n, spec=TEXT_MODEL, max_images=8):
+    return api.chat_to_generate(req, rid, created, max_n, spec, max_images)
+
+
+def completion_to_generate(req, rid, created, max_n, spec=TEXT_MODEL, max_images=8):
+    return api.completion_to_generate(req, rid, created, max_n, spec, max_images)
 
 
 def chat(**fields):

@@ -25,7 +25,8 @@ def test_several_models_with_pools(tmp_path):
     cat = ModelCatalog.from_env({"SLUICE_MODELS": f"text={a}@cpu; vision={b}@cuda"})
     assert [(m.name, m.pool, m.max_model_len) for m in cat.models] == [
         ("text", "cpu", 1024), ("vision", "cuda", 2048)]
-    assert cat.pools == ("cpu", "cuda") and cat.get("vision").path == b
+    assert [m.route for m in cat.models] == ["cpu.text", "cuda.vision"]
+    assert cat.get("vision").path == b and cat.get("vision").vision is None
 
 
 @pytest.mark.parametrize("env", [
@@ -43,8 +44,16 @@ def test_unknown_pool_is_refused(tmp_path):
         ModelCatalog.from_env({"SLUICE_MODEL": str(make_model(tmp_path, "m")), "SLUICE_POOL": "tpu"})
 
 
-def test_topics_have_explicit_partition_counts():
+def test_two_models_may_not_share_a_route(tmp_path):
+    a = make_model(tmp_path, "a")
+    with pytest.raises(SettingsError, match="route"):
+        ModelCatalog.from_env({"SLUICE_MODELS": f"x/y={a}@cpu;x_y={a}@cpu"})
+
+
+def test_topics_have_explicit_partition_counts(tmp_path):
     t = Topics.from_env({"SLUICE_REQUEST_PARTITIONS": "4"})
-    core = {s.name: s.partitions for s in t.core()}
-    assert core["sluice.requests"] == 4 and core["sluice.infer.cpu"] == 8
+    cat = ModelCatalog.from_env({"SLUICE_MODELS": f"org/tiny-1.0={make_model(tmp_path, 'a')}@cpu"})
+    core = {s.name: s.partitions for s in t.core(cat.models)}
+    assert core["sluice.requests"] == 4 and core["sluice.preprocess"] == 8
+    assert core["sluice.infer.cpu.org_tiny-1_0"] == 8
     assert core["sluice.aborts"] == 1 and t.replies("gw1") == "sluice.replies.gw1"

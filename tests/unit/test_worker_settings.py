@@ -16,7 +16,7 @@ def _env(tmp_path, **extra):
 
 def test_cpu_pool_defaults(tmp_path):
     s = WorkerSettings.from_env(_env(tmp_path))
-    assert s.pool == "cpu" and s.group_id == "sluice-worker-cpu"
+    assert s.pool == "cpu" and s.group_id == f"sluice-worker-cpu.{tmp_path.name}"
     assert s.engine.nice == 10 and s.engine.extra == {}
 
 
@@ -24,7 +24,7 @@ def test_cuda_and_ascend_pools_are_selectable(tmp_path):
     for pool in ("cuda", "ascend"):
         s = WorkerSettings.from_env(_env(tmp_path, SLUICE_POOL=pool,
                                          WORKER_ENGINE_ARGS='{"tensor_parallel_size": 8}'))
-        assert s.pool == pool and s.group_id == f"sluice-worker-{pool}"
+        assert s.pool == pool and s.group_id == f"sluice-worker-{pool}.{tmp_path.name}"
         assert s.engine.nice == 0 and s.engine.extra == {"tensor_parallel_size": 8}
 
 
