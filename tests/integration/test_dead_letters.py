@@ -24,10 +24,12 @@ def bad_messages(marker: str) -> list[tuple[bytes, list]]:
 
 @pytest.mark.parametrize("topic_of", [
     lambda s: "sluice.requests",
-    lambda s: "sluice.infer.cpu",
+    lambda s: "sluice.preprocess",
+    lambda s: f"sluice.infer.cpu.{s.model}",
+    lambda s: f"sluice.infer.cpu.{s.vl_model}",
     lambda s: "sluice.aborts",
     lambda s: s.reply_topic,
-], ids=["requests", "infer.cpu", "aborts", "replies"])
+], ids=["requests", "preprocess", "infer.text", "infer.vision", "aborts", "replies"])
 async def test_invalid_messages_are_dead_lettered_and_consumers_survive(stack, client, topic_of):
     topic = topic_of(stack)
     marker = uuid.uuid4().hex

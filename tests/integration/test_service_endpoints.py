@@ -8,13 +8,14 @@ from tests.integration.helpers import metric
 pytestmark = pytest.mark.stack
 
 
-async def test_health_and_ready(http):
+async def test_health_and_ready(http, stack):
     async with http.get("/health") as resp:
         assert resp.status == 200
     async with http.get("/ready") as resp:
         body = await resp.json()
         assert resp.status == 200, body
-    assert body["checks"] == {"redis": "ok", "workers.cpu": "ok", "kafka": "ok", "replies": "ok"}
+    assert body["checks"] == {"redis": "ok", f"workers.cpu.{stack.model}": "ok",
+                              f"workers.cpu.{stack.vl_model}": "ok", "kafka": "ok", "replies": "ok"}
 
 
 async def test_metrics_are_prometheus_text(http, stack):
@@ -25,19 +26,21 @@ async def test_metrics_are_prometheus_text(http, stack):
         assert "sluice_worker_generated_tokens_total" in await resp.text()
     async with http.get(stack.tokenizer_metrics) as resp:
         assert "sluice_tokenizer_cache_total" in await resp.text()
+    async with http.get(stack.metrics_url("preprocess")) as resp:
+        assert "sluice_preprocess_images_total" in await resp.text()
 
 
 async def test_topics_exist_with_explicit_partition_counts(stack):
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka)
     await admin.start()
     try:
-        described = await admin.describe_topics(
-            ["sluice.requests", "sluice.infer.cpu", "sluice.aborts", "sluice.deadletter", stack.reply_topic])
+        expected = {"sluice.requests": 8, "sluice.preprocess": 8, f"sluice.infer.cpu.{stack.model}": 8,
+                    f"sluice.infer.cpu.{stack.vl_model}": 8, "sluice.aborts": 1,
+                    "sluice.deadletter": 1, stack.reply_topic: 1}
+        described = await admin.describe_topics(list(expected))
     finally:
         await admin.close()
-    partitions = {t["topic"]: len(t["partitions"]) for t in described}
-    assert partitions == {"sluice.requests": 8, "sluice.infer.cpu": 8, "sluice.aborts": 1,
-                          "sluice.deadletter": 1, stack.reply_topic: 1}
+    assert {t["topic"]: len(t["partitions"]) for t in described} == expected
 
 
 async def test_repeated_prompt_hits_the_token_cache(http, client, stack):

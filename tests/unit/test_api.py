@@ -3,9 +3,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shared.contracts import ChatPrompt, TextPrompt
+from shared.contracts import ChatPrompt, ImageUrlPart, PartsChatPrompt, TextPrompt, needs_preprocess
+from shared.contracts import TextPart as WireText
 from shared.errors import InvalidRequest
 from shared.settings import ModelSpec
+from shared.vision import VisionSpec
 
 from services.gateway import api
 from services.gateway.api import ChatCompletionRequest, CompletionRequest, parse
@@ -127,3 +129,35 @@ def test_unsupported_features_are_refused_not_ignored(fields, param):
 
 def test_harmless_forms_of_unsupported_features_pass():
     chat_to_generate(chat(response_format={"type": "text"}, tools=[], logit_bias={}), "r", 0, 4)
+
+
+VISION_MODEL = ModelSpec(name="v", path=Path("/v"), pool="cpu", max_model_len=1024,
+                         vision=VisionSpec(image_token_id=5, patch_size=8, merge_size=2,
+                                           min_pixels=1024, max_pixels=65536))
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}
+
+
+def test_vision_model_gets_parts_in_order():
+    req = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, IMAGE]}])
+    prompt = chat_to_generate(req, "r", 0, 4, spec=VISION_MODEL).prompt
+    assert isinstance(prompt, PartsChatPrompt)
+    assert prompt.messages[0].parts == [WireText(text="a"),
+                                        ImageUrlPart(url="data:image/png;base64,AAAA", detail="low")]
+    assert needs_preprocess(prompt)
+
+
+def test_text_parts_on_a_vision_model_skip_preprocess():
+    req = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}]}])
+    assert not needs_preprocess(chat_to_generate(req, "r", 0, 4, spec=VISION_MODEL).prompt)
+    assert isinstance(chat_to_generate(chat(), "r", 0, 4, spec=VISION_MODEL).prompt, ChatPrompt)
+
+
+@pytest.mark.parametrize("messages, spec, param, words", [
+    ([{"role": "user", "content": [IMAGE]}], TEXT_MODEL, "messages.0.content.0", "does not accept"),
+    ([{"role": "system", "content": [IMAGE]}], VISION_MODEL, "messages.0.content.0", "user messages"),
+    ([{"role": "user", "content": [IMAGE] * 3}], VISION_MODEL, "messages", "at most 2 images"),
+])
+def test_image_refusals_name_the_part(messages, spec, param, words):
+    with pytest.raises(InvalidRequest, match=words) as info:
+        chat_to_generate(chat(messages=messages), "r", 0, 4, spec=spec, max_images=2)
+    assert info.value.param == param
