@@ -32,3 +32,18 @@ def build_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
         if work.exists():
             shutil.rmtree(work)
     return out
+
+
+def cli(description: str, default_out: Path, build: Callable[[Path], Path], what: str) -> None:
+    """`--out DIR [--force]`: build the model unless it is there; print its folder last."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args()
+    out: Path = args.out.resolve()
+    if args.force or not is_built(out):
+        print(f"building {what} in {out}", flush=True)
+        build(out)
+    print(out)

@@ -10,12 +10,11 @@ The last line printed is the model folder's absolute path.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from infra.models.bpe import corpus_files, train_bpe, wrap
-from infra.models.folder import MARKER, build_atomically, is_built
+from infra.models.folder import build_atomically, cli
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / ".cache" / "models" / "sluice-tiny-dsv3"
 
@@ -103,15 +102,7 @@ def _patch_for_vllm(folder: Path, load_file, save_file, torch) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
-    args = parser.parse_args()
-    out: Path = args.out.resolve()
-    if args.force or not is_built(out):
-        print(f"building tiny DeepSeek-V3 MoE model in {out}", flush=True)
-        build(out)
-    print(out)
+    cli(__doc__.splitlines()[0], DEFAULT_OUT, build, "tiny DeepSeek-V3 MoE model")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ The last line printed is the model folder's absolute path.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from infra.models.bpe import corpus_files, train_bpe, wrap
-from infra.models.folder import build_atomically, is_built
+from infra.models.folder import build_atomically, cli
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / ".cache" / "models" / "sluice-tiny-qwen3vl"
 
@@ -122,15 +121,7 @@ def _patch_for_vllm(folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
-    args = parser.parse_args()
-    out: Path = args.out.resolve()
-    if args.force or not is_built(out):
-        print(f"building tiny Qwen3-VL-MoE model in {out}", flush=True)
-        build(out)
-    print(out)
+    cli(__doc__.splitlines()[0], DEFAULT_OUT, build, "tiny Qwen3-VL-MoE model")
 
 
 if __name__ == "__main__":

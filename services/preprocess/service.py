@@ -15,9 +15,10 @@ from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_pro
 from shared.cache import content_key, redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest, ImageRef, ImageUrlPart, PartsChatPrompt
-from shared.errors import InvalidRequest, ModelNotFound, SluiceError, Unavailable, error_reply
+from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
+from shared.stage import reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
 from shared.vision import VisionSpec
@@ -63,17 +64,9 @@ class PreprocessService:
                 s.topics.deadletter, name="preprocess", max_in_flight=s.max_in_flight,
                 on_dead_letter=self.metrics.dead_letters.inc, on_assigned=self.metrics.partitions.set)
             runner.subscribe()
-            run = asyncio.create_task(runner.run(), name="preprocess-consume")
             freeze_heap()
             log.info(ready_line("preprocess", f"metrics_port={port}"))
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            runner.stop()
-            try:
-                await run  # re-raises if the consume loop died
-            finally:
-                await runner.drain(s.drain_s)
+            await run_group(runner, stop, s.drain_s)
 
     async def handle(self, req: GenerateRequest, meta: Meta) -> None:
         out_meta = Meta(meta.request_id, meta.reply_to, child_traceparent(meta.traceparent))
@@ -84,13 +77,9 @@ class PreprocessService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not isinstance(exc, SluiceError):
-                log.exception("preprocessing %s failed", req.request_id)
             self.metrics.requests.labels("error").inc()
-            reply = error_reply(exc, request_id=req.request_id, source=self.settings.instance_id, seq=0)
-            fut = await self._publisher.reply(out_meta, reply)
-            if fut is not None:
-                await fut
+            await reply_error(self._publisher, out_meta, exc, request_id=req.request_id,
+                              source=self.settings.instance_id)
 
     async def _resolve(self, req: GenerateRequest) -> GenerateRequest:
         spec = self._vision_model(req.model)

@@ -14,8 +14,9 @@ from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_pro
 from shared.cache import TokenCache, content_key, redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest
-from shared.errors import ModelNotFound, SluiceError, error_reply
+from shared.errors import ModelNotFound
 from shared.lifecycle import freeze_heap, ready_line
+from shared.stage import reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
 
@@ -61,17 +62,9 @@ class TokenizerService:
                 s.topics.deadletter, name="tokenizer", max_in_flight=s.max_in_flight,
                 on_dead_letter=self.metrics.dead_letters.inc)
             runner.subscribe()
-            run = asyncio.create_task(runner.run(), name="tokenizer-consume")
             freeze_heap()
             log.info(ready_line("tokenizer", f"metrics_port={port}"))
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            runner.stop()
-            try:
-                await run  # re-raises if the consume loop died
-            finally:
-                await runner.drain(s.drain_s)
+            await run_group(runner, stop, s.drain_s)
 
     async def handle(self, req: GenerateRequest, meta: Meta) -> None:
         out_meta = Meta(meta.request_id, meta.reply_to, child_traceparent(meta.traceparent))
@@ -84,13 +77,9 @@ class TokenizerService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not isinstance(exc, SluiceError):
-                log.exception("tokenizing %s failed", req.request_id)
             self.metrics.requests.labels("error").inc()
-            reply = error_reply(exc, request_id=req.request_id, source=self.settings.instance_id, seq=0)
-            fut = await self._publisher.reply(out_meta, reply)
-            if fut is not None:
-                await fut
+            await reply_error(self._publisher, out_meta, exc, request_id=req.request_id,
+                              source=self.settings.instance_id)
 
     def _spec(self, model: str) -> ModelSpec:
         spec = self.settings.catalog.get(model)

@@ -124,7 +124,6 @@ async def pump(outputs: AsyncIterator[Any], stream: ReplyStream, send: Send,
             arrived.set()
 
     reader = asyncio.create_task(read())
-    last: asyncio.Future | None = None
     try:
         while not reader.done():
             waiter = asyncio.create_task(arrived.wait())
@@ -134,7 +133,7 @@ async def pump(outputs: AsyncIterator[Any], stream: ReplyStream, send: Send,
                 break
             arrived.clear()
             if stream.pending:
-                last = await send(stream.take())
+                await send(stream.take())  # ordered per partition: the last ack covers it
             # Collect what arrives during the window into the next message.
             await asyncio.wait({reader}, timeout=window_s)
         reader.result()  # re-raise an engine error
