@@ -1,0 +1,122 @@
+"""The HTTP targets of `make bench`, each started on its own and stopped before the next.
+
+- sluice: Kafka, Redis, tokenizer, worker and gateway, as `make up` runs them.
+- vllm-serve: vLLM's OpenAI server on the same model folder with the worker's engine
+  settings (`python -m vllm.entrypoints.openai.api_server` is `vllm serve`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psutil
+
+from infra.bench.engine_setup import EngineConfig, tame_children
+from infra.localinfra import Endpoints, free_port, local_infra
+from infra.procs import start_services
+
+
+@dataclass
+class Running:
+    name: str
+    base_url: str  # without /v1
+    processes: dict[str, int]  # service → root pid, for the RSS sampler
+    notes: list[str] = field(default_factory=list)
+
+
+def _listener(port: int) -> int | None:
+    """The pid listening on a loopback port (Kafka and Redis are started without a handle)."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    return None
+
+
+def private_env() -> dict[str, str]:
+    """This environment without servers or models named in it: the benchmark starts its
+    own Kafka and Redis and serves exactly one model."""
+    drop = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SLUICE_MODELS", "SLUICE_MODEL",
+            "SLUICE_MODEL_NAME", "WORKER_MODEL")
+    return {key: value for key, value in os.environ.items() if key not in drop}
+
+
+def infra_pids(endpoints: Endpoints) -> dict[str, int]:
+    """Kafka's and Redis's pids, found by the ports they listen on."""
+    pids = {}
+    for name, address in (("kafka", endpoints.kafka_bootstrap), ("redis", endpoints.redis_url)):
+        port = urlparse(address if "//" in address else f"tcp://{address}").port
+        pid = _listener(port) if port else None
+        if pid:
+            pids[name] = pid
+    return pids
+
+
+@contextmanager
+def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
+    env = private_env()
+    env.update(engine.env())
+    env.update({"SLUICE_MODEL": str(engine.model), "GATEWAY_PORT": "0", "GATEWAY_ID": "bench",
+                "TOKENIZERS_PARALLELISM": "false"})
+    with ExitStack() as stack:
+        endpoints = stack.enter_context(local_infra(log_dir / "infra", env))
+        env.update(endpoints.env())
+        procs, url = start_services(stack, env, log_dir)
+        pids = {name: proc.proc.pid for name, proc in procs.items()}
+        notes = [line.split("services.worker.engine: ", 1)[-1].strip()
+                 for name, proc in procs.items() if name.startswith("worker")
+                 for line in open(proc.log_path, errors="replace") if "confined to CPUs" in line]
+        yield Running("sluice", url, {**pids, **infra_pids(endpoints)},
+                      [*notes, f"logs in {log_dir}"])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)  # /health is the server's readiness check; its log lines vary by version
+    raise RuntimeError(f"vllm serve not healthy after {timeout:.0f}s; see {log}")
+
+
+@contextmanager
+def vllm_serve(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / "vllm-serve.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(engine.model), "--served-model-name", engine.served_name,
+           *engine.serve_flags(), "--host", "127.0.0.1", "--port", str(port),
+           "--disable-uvicorn-access-log"]  # the gateway keeps no access log either
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **engine.env()}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log, timeout=600)
+        tamed = tame_children(proc.pid, engine.nice, engine.cpus)
+        yield Running("vllm-serve", url, {"vllm-serve": proc.pid}, [tamed, f"log {log}"])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
