@@ -110,7 +110,8 @@ def run_kafka(workdir: Path, port: int | None = None, heap: str = "512m") -> Ite
         "group.initial.rebalance.delay.ms=0",
         "",
     ]))
-    java = ["java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC",
+    jvm = os.environ.get("SLUICE_KAFKA_JVM_OPTS", "-XX:+UseG1GC").split()
+    java = ["java", f"-Xmx{heap}", f"-Xms{heap}", *jvm,
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
             "-cp", f"{libs}/*"]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -30,20 +29,7 @@ def run_until_signal(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, _on_signal, sig)
         await serve(stop)
 
-    with asyncio.Runner(loop_factory=loop_factory(os.environ.get("SLUICE_EVENT_LOOP", "uvloop"))) as runner:
-        runner.run(_main())
-
-
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop (the default) cuts the event loop's own cost per message and per socket write;
-    "asyncio" keeps the standard loop."""
-    if name == "asyncio":
-        return None
-    if name != "uvloop":
-        raise ValueError(f"SLUICE_EVENT_LOOP must be uvloop or asyncio, got {name!r}")
-    import uvloop
-
-    return uvloop.new_event_loop
+    asyncio.run(_main())
 
 
 def freeze_heap() -> None:

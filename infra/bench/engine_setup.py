@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from services.worker.placement import confine, engine_cores
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -71,36 +73,12 @@ class EngineConfig:
 
 def tame_children(parent_pid: int, nice: int, cpus: str) -> str:
     """Renice `parent_pid`'s descendants (the engine core and its executor) and confine
-    their threads, like the worker does to its own engine. Returns what was done."""
+    their threads, as the worker does to its own engine. Returns what was done."""
     children = psutil.Process(parent_pid).children(recursive=True)
-    target = _cpu_set(cpus, children)
-    for child in children:
-        try:
-            if nice:
-                os.setpriority(os.PRIO_PROCESS, child.pid, nice)
-            for thread in child.threads() if target else ():
-                os.sched_setaffinity(thread.id, target)
-        except (psutil.Error, OSError) as exc:
-            return f"could not adjust engine process {child.pid}: {exc}"
+    target = engine_cores(cpus, children)
+    confine(children, target, nice)
     where = f"CPUs {sorted(target)}" if target else "any CPU"
     return f"{len(children)} engine processes at nice {nice} on {where}"
-
-
-def _cpu_set(spec: str, children: list[psutil.Process]) -> set[int]:
-    if not spec:
-        return set()
-    if spec == "executor":
-        # vLLM binds its executor to some cores and leaves the rest for everything else;
-        # the narrowed masks of the engine processes name those cores.
-        everything = len(os.sched_getaffinity(0))
-        masks = [set(os.sched_getaffinity(c.pid)) for c in children]
-        narrow = [m for m in masks if len(m) < everything]
-        return set.union(*narrow) if narrow else set()
-    cpus: set[int] = set()
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 _LOGGED = ("dtype", "max_seq_len", "enforce_eager", "enable_prefix_caching",

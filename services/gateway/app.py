@@ -56,7 +56,7 @@ async def _replies(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     spec = TopicSpec(settings.reply_topic, settings.topics.reply_partitions)
     async with kafka_consumer(settings.kafka, client_id=f"gateway-{settings.gateway_id}-replies",
-                              group_id=None, fetch_max_wait_ms=5) as consumer:
+                              group_id=None, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms) as consumer:
         await assign_from_end(consumer, spec)
         router = app[ROUTER] = ReplyRouter(consumer, app[PUBLISHER], settings.topics.deadletter,
                                            app[METRICS])

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from services.worker import placement
 from services.worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -39,45 +40,21 @@ def client_error_types() -> tuple[type[Exception], ...]:
     return (ValueError, VLLMClientError)
 
 
-def tame_engine(nice: int, cpus: str) -> None:
-    """Keep the engine's processes (engine core, model executor) off the latency path.
-
-    On CPU they busy-poll and step back to back. vLLM binds the executor's compute
-    threads to some cores and leaves the rest for "everything else", but its engine
-    core's busy loop floats onto those cores too, where it starves this worker's Kafka
-    client, the broker and the gateway: replies then reach clients in bursts, 100 ms
-    and more late. So: lower the engine's priority, and (cpus="executor") confine every
-    engine thread to the cores vLLM bound the executor to; or to an explicit list.
-    """
+def tame_engine(nice: int, cpus: str, frontend_off_engine: bool) -> None:
+    """Keep the engine's processes (engine core, model executor) off the latency path, and
+    (frontend_off_engine) this process, with its Kafka clients, off the engine's cores.
+    See services.worker.placement for why."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    target = _cpu_set(cpus, children)
-    for child in children:
-        try:
-            if nice:
-                os.setpriority(os.PRIO_PROCESS, child.pid, nice)
-            if target:
-                for thread in child.threads():
-                    os.sched_setaffinity(thread.id, target)
-        except (psutil.Error, OSError) as exc:
-            log.warning("could not adjust engine process %d: %s", child.pid, exc)
-    if target:
-        log.info("engine processes confined to CPUs %s", sorted(target))
-
-
-def _cpu_set(spec: str, children) -> set[int]:
-    if not spec:
-        return set()
-    if spec == "executor":
-        masks = [set(os.sched_getaffinity(c.pid)) for c in children]
-        narrow = [m for m in masks if len(m) < len(os.sched_getaffinity(0))]
-        return set.union(*narrow) if narrow else set()
-    cpus: set[int] = set()
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
+    engine = psutil.Process().children(recursive=True)
+    cores = placement.engine_cores(cpus, engine)
+    placement.confine(engine, cores, nice)
+    if cores:
+        log.info("engine processes confined to CPUs %s", sorted(cores))
+    if frontend_off_engine and cores:
+        rest = placement.keep_off(cores, [psutil.Process()])
+        if rest:
+            log.info("worker front end (Kafka, detokenizing) moved to CPUs %s", sorted(rest))
 
 
 @asynccontextmanager
@@ -101,7 +78,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     )
     engine = AsyncLLM.from_engine_args(args)
     try:
-        tame_engine(e.nice, e.cpus)
+        tame_engine(e.nice, e.cpus, e.frontend_off_engine)
         yield engine
     finally:
         engine.shutdown()
