@@ -14,10 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import psutil
-
 from infra.localinfra import ROOT, local_infra, port_or_free
-from infra.placement import separate_from_engines, stack_processes
 from infra.procs import start_services
 
 
@@ -37,11 +34,6 @@ def main() -> None:
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
         procs, url = start_services(stack, env, run_dir, echo=echo)  # stopped before the infra
         services = list(procs.values())
-        if os.environ.get("SLUICE_SEPARATE_ENGINES", "1") == "1":
-            workers = [p.proc.pid for name, p in procs.items() if name.startswith("worker-")]
-            launcher = psutil.Process()
-            print(separate_from_engines(workers, [launcher.pid, *stack_processes(launcher, workers)]),
-                  flush=True)
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
         while not stop.is_set():

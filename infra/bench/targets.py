@@ -24,7 +24,6 @@ import psutil
 
 from infra.bench.engine_setup import EngineConfig, tame_children
 from infra.localinfra import Endpoints, free_port, local_infra
-from infra.placement import separate_from_engines
 from infra.procs import start_services
 
 
@@ -74,13 +73,11 @@ def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
         env.update(endpoints.env())
         procs, url = start_services(stack, env, log_dir)
         pids = {name: proc.proc.pid for name, proc in procs.items()}
-        workers = [pid for name, pid in pids.items() if name.startswith("worker")]
-        placed = separate_from_engines(workers, [*pids.values(), *infra_pids(endpoints).values()])
         notes = [line.split("services.worker.engine: ", 1)[-1].strip()
                  for name, proc in procs.items() if name.startswith("worker")
                  for line in open(proc.log_path, errors="replace") if "confined to CPUs" in line]
         yield Running("sluice", url, {**pids, **infra_pids(endpoints)},
-                      [*notes, placed, f"logs in {log_dir}"])
+                      [*notes, f"logs in {log_dir}"])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -114,9 +111,7 @@ def vllm_serve(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
     try:
         _wait_healthy(url, proc, log, timeout=600)
         tamed = tame_children(proc.pid, engine.nice, engine.cpus)
-        # The same placement as Sluice's: the API server off the engine's cores.
-        placed = separate_from_engines([proc.pid], [proc.pid])
-        yield Running("vllm-serve", url, {"vllm-serve": proc.pid}, [tamed, placed, f"log {log}"])
+        yield Running("vllm-serve", url, {"vllm-serve": proc.pid}, [tamed, f"log {log}"])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

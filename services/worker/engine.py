@@ -40,10 +40,9 @@ def client_error_types() -> tuple[type[Exception], ...]:
     return (ValueError, VLLMClientError)
 
 
-def tame_engine(nice: int, cpus: str, frontend_off_engine: bool) -> None:
-    """Keep the engine's processes (engine core, model executor) off the latency path, and
-    (frontend_off_engine) this process, with its Kafka clients, off the engine's cores.
-    See services.worker.placement for why."""
+def tame_engine(nice: int, cpus: str) -> None:
+    """Keep the engine's processes (engine core, model executor) off the latency path; see
+    services.worker.placement."""
     import psutil
 
     engine = psutil.Process().children(recursive=True)
@@ -51,10 +50,6 @@ def tame_engine(nice: int, cpus: str, frontend_off_engine: bool) -> None:
     placement.confine(engine, cores, nice)
     if cores:
         log.info("engine processes confined to CPUs %s", sorted(cores))
-    if frontend_off_engine and cores:
-        rest = placement.keep_off(cores, [psutil.Process()])
-        if rest:
-            log.info("worker front end (Kafka, detokenizing) moved to CPUs %s", sorted(rest))
 
 
 @asynccontextmanager
@@ -78,7 +73,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     )
     engine = AsyncLLM.from_engine_args(args)
     try:
-        tame_engine(e.nice, e.cpus, e.frontend_off_engine)
+        tame_engine(e.nice, e.cpus)
         yield engine
     finally:
         engine.shutdown()

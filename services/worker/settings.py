@@ -21,7 +21,6 @@ class EngineSettings:
     kv_cache_gib: float
     nice: int  # niceness of the engine's own processes (0: unchanged)
     cpus: str  # "" unchanged, "executor" (the cores vLLM bound), or a list like "0-3,8"
-    frontend_off_engine: bool  # move this process off the engine's cores
     # Any further vllm AsyncEngineArgs, as JSON (e.g. tensor_parallel_size on cuda/ascend).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -41,7 +40,6 @@ class EngineSettings:
             kv_cache_gib=env_float(env, "WORKER_KV_CACHE_GIB", 1.0),
             nice=env_int(env, "WORKER_ENGINE_NICE", 10 if pool == "cpu" else 0, minimum=0),
             cpus=_cpus(env.get("WORKER_ENGINE_CPUS", "executor" if pool == "cpu" else "").strip()),
-            frontend_off_engine=env_bool(env, "WORKER_FRONTEND_OFF_ENGINE", pool == "cpu"),
             extra=extra,
         )
 

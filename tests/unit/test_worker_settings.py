@@ -59,22 +59,3 @@ def test_cpu_lists_parse():
     assert engine_cores("0-2,5", []) == {0, 1, 2, 5}
     assert engine_cores("", []) == set()
     assert engine_cores("executor", []) == set()  # no engine processes: nothing to confine to
-
-
-def test_keep_off_moves_a_process_to_the_other_cores():
-    import os
-
-    import psutil
-
-    from services.worker.placement import keep_off
-
-    before = os.sched_getaffinity(0)
-    try:
-        if len(before) < 2:
-            assert keep_off({0}, [psutil.Process()]) == set()  # nothing left: nothing moved
-            return
-        assert keep_off({min(before)}, [psutil.Process()]) == set(range(psutil.cpu_count())) - {min(before)}
-        assert min(before) not in os.sched_getaffinity(0)
-        assert keep_off(set(), [psutil.Process()]) == set()  # no engine cores: unchanged
-    finally:
-        os.sched_setaffinity(0, before)
