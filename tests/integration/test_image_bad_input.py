@@ -40,7 +40,7 @@ def cases(server) -> list[tuple[str, list[dict], str, str]]:
          PART, "larger than"),
         ("too many images", _user(*[image_part(png_url(32, 32, seed=i)) for i in range(9)]),
          "messages", "at most 8 images"),
-        ("unreachable url", _user(image_part("http://unreachable.invalid/x.png")), PART, "connect"),
+        ("unreachable url", _user(image_part("http://unreachable.invalid/x.png")), PART, "fetch"),
         ("loopback address", _user(image_part(server.url("/image.png"))), PART, "private or local"),
         ("localhost name", _user(image_part(server.url("/image.png", host="localhost"))),
          PART, "private or local"),
