@@ -12,7 +12,8 @@ from shared.contracts import ImageRef, ImageRefCodec
 
 
 class ImageStore:
-    def __init__(self, redis: Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int | None = None) -> None:
+        """Without `ttl_s` the store only reads pixels (a worker); find and put need it."""
         self._redis = redis
         self._pixels = f"{prefix}:img:"
         self._refs = f"{prefix}:imgref:"
@@ -20,6 +21,7 @@ class ImageStore:
 
     async def find(self, key: str) -> ImageRef | None:
         """The stored image's ref, its TTL refreshed; None if it is not (or no longer) stored."""
+        assert self._ttl is not None, "a read-only image store"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._refs + key)
             pipe.expire(self._refs + key, self._ttl)
@@ -30,6 +32,7 @@ class ImageStore:
         return ImageRefCodec.decode(raw)
 
     async def put(self, ref: ImageRef, rgb: bytes) -> None:
+        assert self._ttl is not None, "a read-only image store"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._pixels + ref.key, rgb, ex=self._ttl)
             pipe.set(self._refs + ref.key, ImageRefCodec.encode(ref), ex=self._ttl)

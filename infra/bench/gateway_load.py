@@ -16,6 +16,8 @@ import time
 import aiohttp
 import orjson
 
+from infra.bench.sse import chat_events, content
+
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, max_tokens: int,
                      i: int) -> tuple[float, list[float], int]:
@@ -25,17 +27,11 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, max_t
     start = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
-    async with session.post(f"{url}/v1/chat/completions", data=orjson.dumps(body),
-                            headers={"Content-Type": "application/json"}) as resp:
-        resp.raise_for_status()
-        async for line in resp.content:
-            if not line.startswith(b"data: {"):
-                continue
-            chunk = orjson.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                arrivals.append(time.perf_counter())
+    async for now, chunk in chat_events(session, url, body):
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        elif content(chunk):
+            arrivals.append(now)
     ttft = arrivals[0] - start
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     return ttft, gaps, tokens

@@ -15,32 +15,26 @@ import statistics
 import time
 
 import aiohttp
-import orjson
 
 from infra.bench.images import jpeg_urls
+from infra.bench.sse import chat_events, content
 
 MODEL = "sluice-tiny-qwen3vl"
 TEXT = "Describe the picture in detail."
 
 
-async def _ttft(session: aiohttp.ClientSession, url: str, content) -> tuple[float, int]:
+async def _ttft(session: aiohttp.ClientSession, url: str, message) -> tuple[float, int]:
     body = {"model": MODEL, "max_tokens": 8, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": content}]}
+            "messages": [{"role": "user", "content": message}]}
     started = time.perf_counter()
     first = None
     prompt_tokens = 0
-    async with session.post(f"{url}/v1/chat/completions", data=orjson.dumps(body),
-                            headers={"Content-Type": "application/json"}) as resp:
-        resp.raise_for_status()
-        async for line in resp.content:
-            if not line.startswith(b"data: {"):
-                continue
-            chunk = orjson.loads(line[6:])
-            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
-            if chunk.get("usage"):
-                prompt_tokens = chunk["usage"]["prompt_tokens"]
+    async for now, chunk in chat_events(session, url, body):
+        if first is None and content(chunk):
+            first = now - started
+        if chunk.get("usage"):
+            prompt_tokens = chunk["usage"]["prompt_tokens"]
     assert first is not None
     return first, prompt_tokens
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-import orjson
+
+from infra.bench.sse import StreamFailed, chat_events, content
 
 _STAMP = re.compile(r"\[(\d+)\]")
 
@@ -38,33 +39,25 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, max_t
             "messages": [{"role": "user", "content": f"transport probe {i}"}]}
     st = StreamStats(start=time.perf_counter())
     try:
-        async with session.post(f"{url}/v1/chat/completions", data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"}) as resp:
-            if resp.status != 200:
-                st.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+        async for now, chunk in chat_events(session, url, body):
+            if chunk.get("error"):
+                st.error = str(chunk["error"])[:200]
                 return st
-            async for line in resp.content:
-                if not line.startswith(b"data: {"):
-                    continue
-                now = time.perf_counter()
-                chunk = orjson.loads(line[6:])
-                if chunk.get("error"):
-                    st.error = str(chunk["error"])[:200]
-                    return st
-                if chunk.get("usage"):
-                    st.tokens = chunk["usage"]["completion_tokens"]
-                choices = chunk.get("choices")
-                text = choices[0]["delta"].get("content") if choices else None
-                if not text:
-                    continue
-                # perf_counter is CLOCK_MONOTONIC on Linux, the fake engine's clock too.
-                now_us = now * 1e6
-                st.added_ms.extend((now_us - int(s)) / 1000 for s in _STAMP.findall(text))
-                if st.first is None:
-                    st.first = now
-                else:
-                    st.gaps.append(now - st.last)
-                st.last = now
+            if chunk.get("usage"):
+                st.tokens = chunk["usage"]["completion_tokens"]
+            text = content(chunk)
+            if not text:
+                continue
+            # perf_counter is CLOCK_MONOTONIC on Linux, the fake engine's clock too.
+            now_us = now * 1e6
+            st.added_ms.extend((now_us - int(s)) / 1000 for s in _STAMP.findall(text))
+            if st.first is None:
+                st.first = now
+            else:
+                st.gaps.append(now - st.last)
+            st.last = now
+    except StreamFailed as exc:
+        st.error = str(exc)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         st.error = f"{type(exc).__name__}: {exc}"
     return st

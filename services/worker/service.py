@@ -54,7 +54,7 @@ class WorkerService:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(redis_client(s.redis))
             self._marks = AbortMarks(redis, s.topics.prefix)
-            self._images = ImageStore(redis, s.topics.prefix, ttl_s=0)  # reads only
+            self._images = ImageStore(redis, s.topics.prefix)  # reads pixels only
             registry = WorkerRegistry(redis, s.topics.prefix)
             await ensure_topics(s.kafka, s.topics.core((s.model,)))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
