@@ -30,6 +30,7 @@ KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 class Endpoints:
     kafka_bootstrap: str
     redis_url: str
+    pids: tuple[int, ...] = ()  # the Kafka and Redis processes started here, if any
 
     def env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
@@ -80,7 +81,9 @@ def kafka_libs() -> Path:
 
 
 @contextmanager
-def run_kafka(workdir: Path, port: int | None = None, heap: str = "512m") -> Iterator[str]:
+def run_kafka(workdir: Path, port: int | None = None,
+              heap: str = "512m") -> Iterator[tuple[str, int]]:
+    """A one-node KRaft Kafka on loopback; yields its address and pid."""
     libs = kafka_libs()
     port = port or free_port()
     controller = free_port()
@@ -123,13 +126,14 @@ def run_kafka(workdir: Path, port: int | None = None, heap: str = "512m") -> Ite
                                 start_new_session=True)
     try:
         _wait_port(port, proc, "Kafka", log, timeout=90)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         _stop(proc)
 
 
 @contextmanager
-def run_redis(workdir: Path, port: int | None = None) -> Iterator[str]:
+def run_redis(workdir: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
+    """Redis on loopback, without persistence; yields its URL and pid."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make deps installs it)")
@@ -142,7 +146,7 @@ def run_redis(workdir: Path, port: int | None = None) -> Iterator[str]:
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_port(port, proc, "Redis", log, timeout=20)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
     finally:
         _stop(proc)
 
@@ -154,9 +158,16 @@ def local_infra(workdir: Path, env: dict[str, str] | None = None, kafka_port: in
     env = dict(os.environ if env is None else env)
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        kafka = env.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(run_kafka(workdir, kafka_port))
-        redis = env.get("REDIS_URL") or stack.enter_context(run_redis(workdir, redis_port))
-        endpoints = Endpoints(kafka, redis)
+        pids = []
+        kafka = env.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not kafka:
+            kafka, pid = stack.enter_context(run_kafka(workdir, kafka_port))
+            pids.append(pid)
+        redis = env.get("REDIS_URL")
+        if not redis:
+            redis, pid = stack.enter_context(run_redis(workdir, redis_port))
+            pids.append(pid)
+        endpoints = Endpoints(kafka, redis, tuple(pids))
         create_topics(endpoints, env)
         yield endpoints
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -97,14 +98,39 @@ def plan(env: dict[str, str]) -> dict[str, tuple[str, dict[str, str]]]:
     return procs
 
 
-def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *,
-                   echo: bool = False) -> tuple[dict[str, ServiceProcess], str]:
+def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *, echo: bool = False,
+                   neighbours: Sequence[int] = ()) -> tuple[dict[str, ServiceProcess], str]:
     """Start every service, wait until each is ready; returns them and the gateway's URL.
-    `stack` stops them (gateway first) when it unwinds."""
+    `stack` stops them (gateway first) when it unwinds. Then, on one host, everything but
+    vLLM's CPU engines (the services and `neighbours`, e.g. a local Kafka and Redis) is
+    kept off the engines' cores; SLUICE_PIN_SERVICES=0 leaves placement to the kernel."""
     procs: dict[str, ServiceProcess] = {}
     for name, (module, extra) in plan(env).items():
         procs[name] = ServiceProcess(name, module, {**env, **extra}, log_dir / f"{name}.log", echo=echo)
         stack.callback(lambda name=name: procs[name].stop())  # whichever process holds the name then
     for proc in procs.values():
         proc.wait_ready(timeout=600)  # the worker's engine start dominates
+    if env.get("SLUICE_PIN_SERVICES", "1") != "0":
+        keep_off_engine_cores([p.proc.pid for p in procs.values()], neighbours)
     return procs, detail(procs["gateway"].ready_detail, "url")
+
+
+def keep_off_engine_cores(services: Sequence[int], neighbours: Sequence[int] = ()) -> set[int]:
+    """Pin the services' processes (all but vLLM's engine processes) and the neighbours to
+    the cores the engines were not confined to (see services.worker.placement). Returns
+    those cores (empty: nothing done)."""
+    import psutil
+
+    from services.worker.placement import engine_cores, engine_processes, keep_off
+
+    engines = engine_processes(services)
+    cores = engine_cores("executor", engines)
+    engine_pids = {p.pid for p in engines}
+    others = []
+    for pid in (*services, *neighbours):
+        try:
+            root = psutil.Process(pid)
+            others += [p for p in (root, *root.children(recursive=True)) if p.pid not in engine_pids]
+        except psutil.Error:
+            pass
+    return keep_off(others, cores)

@@ -32,7 +32,8 @@ def main() -> None:
             redis_port=port_or_free(int(os.environ.get("SLUICE_REDIS_PORT", "6379")))))
         env = {**os.environ, **endpoints.env()}
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
-        procs, url = start_services(stack, env, run_dir, echo=echo)  # stopped before the infra
+        procs, url = start_services(stack, env, run_dir, echo=echo,  # stopped before the infra
+                                    neighbours=endpoints.pids)
         services = list(procs.values())
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)

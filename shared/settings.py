@@ -18,9 +18,10 @@ POOLS = ("cpu", "cuda", "ascend")
 class KafkaSettings:
     bootstrap_servers: str
     linger_ms: int
-    # How long the broker holds the gateway's reply fetch when no record is there. Measured
-    # with `make bench`: 500 ms (aiokafka's default) cost +6..17 ms TTFT p50 and +1 ms ITL
-    # p50 at concurrency 1 against 5 ms; 5 ms costs an idle broker ~10% of a core more.
+    # How long the broker holds the gateway's reply fetch when no record is there; a record
+    # ends the wait at once, so a long wait costs no latency. A short one makes idle fetch
+    # round trips: 5 ms cost an idle stack ~16% of a core (broker and gateway) and, in
+    # interleaved runs, 5-10% of the tokens/s at concurrency 32 (docs/benchmarks.md).
     fetch_max_wait_ms: int
     request_timeout_ms: int
     max_message_bytes: int  # the broker's message.max.bytes must allow as much
@@ -31,7 +32,7 @@ class KafkaSettings:
         return cls(
             bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             linger_ms=env_int(env, "SLUICE_KAFKA_LINGER_MS", 0, minimum=0),
-            fetch_max_wait_ms=env_int(env, "SLUICE_KAFKA_FETCH_MAX_WAIT_MS", 5, minimum=0),
+            fetch_max_wait_ms=env_int(env, "SLUICE_KAFKA_FETCH_MAX_WAIT_MS", 500, minimum=0),
             request_timeout_ms=env_int(env, "SLUICE_KAFKA_REQUEST_TIMEOUT_MS", 30000, minimum=1000),
             max_message_bytes=env_int(env, "SLUICE_KAFKA_MAX_MESSAGE_BYTES", 8 << 20, minimum=1 << 20),
             replication_factor=env_int(env, "SLUICE_TOPIC_REPLICATION", 1, minimum=1),

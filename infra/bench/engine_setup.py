@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from services.worker.placement import confine, engine_cores
+from services.worker.placement import confine, engine_cores, keep_off
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +74,14 @@ class EngineConfig:
 def tame_children(parent_pid: int, nice: int, cpus: str) -> str:
     """Renice `parent_pid`'s descendants (the engine core and its executor) and confine
     their threads, as the worker does to its own engine. Returns what was done."""
-    children = psutil.Process(parent_pid).children(recursive=True)
+    parent = psutil.Process(parent_pid)
+    children = parent.children(recursive=True)
     target = engine_cores(cpus, children)
     confine(children, target, nice)
+    rest = keep_off([parent], target)  # its front end, as the worker keeps its own
     where = f"CPUs {sorted(target)}" if target else "any CPU"
-    return f"{len(children)} engine processes at nice {nice} on {where}"
+    front = f"; its front end on CPUs {sorted(rest)}" if rest else ""
+    return f"{len(children)} engine processes at nice {nice} on {where}{front}"
 
 
 _LOGGED = ("dtype", "max_seq_len", "enforce_eager", "enable_prefix_caching",

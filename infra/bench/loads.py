@@ -66,6 +66,12 @@ FULL: tuple[Load, ...] = (
     Load("shared-prefix-c32", 32, 96, input_len=128, prefix_len=1024, seed=SEED + 1024),
 )
 
+# Played once on each HTTP target before any load, and not measured: a fresh stack is
+# slow until its JIT and caches warm up (Sluice's c1 TTFT p50 over its first four runs:
+# 41, 35, 27, 26 ms; Kafka's broker is a JVM). A production deployment runs warm.
+WARMUP = Load("warm-up", 8, 320, output_len=16, seed=SEED - 1)
+QUICK_WARMUP = Load("warm-up", 8, 64, output_len=16, seed=SEED - 1)
+
 # For development: the same shapes, a few prompts each.
 QUICK: tuple[Load, ...] = (
     Load("c1", 1, 4, seed=SEED + 1),

@@ -58,14 +58,21 @@ def figures_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _spread(r: dict, key: str, digits: int) -> str:
+    """The median over rounds, then each round's value."""
+    rounds = (r.get("rounds") or {}).get(key) or []
+    each = f" ({', '.join(_f(v, digits) for v in rounds)})" if len(rounds) > 1 else ""
+    return _f(r.get(key), digits) + each
+
+
 def ratios_table(results: dict) -> str:
-    rows = ["| load | Sluice / vllm serve (tok/s) | Sluice / offline (tok/s) "
-            "| TTFT p50 Δ vs vllm serve (ms) | ITL p50 Δ vs vllm serve (ms) |",
+    rows = ["| load | Sluice / vllm serve (tok/s) | TTFT p50 Δ vs vllm serve (ms) "
+            "| ITL p50 Δ vs vllm serve (ms) | Sluice / offline (tok/s) |",
             "|---|--:|--:|--:|--:|"]
     for name, r in results.get("ratios", {}).items():
-        rows.append(f"| {name} | {_f(r.get('sluice_vs_vllm_serve'), 2)} "
-                    f"| {_f(r.get('sluice_vs_offline'), 2)} "
-                    f"| {_f(r.get('ttft_p50_delta_ms'), 1)} | {_f(r.get('itl_p50_delta_ms'), 2)} |")
+        rows.append(f"| {name} | {_spread(r, 'sluice_vs_vllm_serve', 2)} "
+                    f"| {_spread(r, 'ttft_p50_delta_ms', 1)} | {_spread(r, 'itl_p50_delta_ms', 2)} "
+                    f"| {_f(r.get('sluice_vs_offline'), 2)} |")
     return "\n".join(rows)
 
 
@@ -175,12 +182,19 @@ def targets_check(results: dict) -> str:
 
 
 def markdown(results: dict) -> str:
+    rounds = results.get("rounds", 1)
     parts = ["### Serving comparison", "", figures_table(results), "",
-             "Latencies in ms, as `vllm bench serve` defines them (ITL: the gap between streamed "
-             "chunks; Sluice's worker puts tokens that arrive within WORKER_COALESCE_MS into one "
-             "chunk). \\* offline ITL: each request's mean inter-token time from the engine's "
-             "timestamps (LLM.generate gives no per-token times).", "",
+             f"Sluice and vllm serve: each figure is the median of {rounds} run(s) of the load "
+             "(peak RSS: the largest). Latencies in ms, as `vllm bench serve` defines them (ITL: "
+             "the gap between streamed chunks; Sluice's worker puts tokens that arrive within "
+             "WORKER_COALESCE_MS into one chunk). \\* offline ITL: each request's mean "
+             "inter-token time from the engine's timestamps (LLM.generate gives no per-token "
+             "times).", "",
              "### Ratios", "", ratios_table(results), "",
+             "Against vllm serve: each round ran both targets back to back, so each ratio "
+             "and difference is taken within a round; the table gives the median over rounds, "
+             "then each round's figure in brackets. Against the offline engine (run on its own, "
+             "later): the ratio of the medians.", "",
              "### CPU use", "", cpu_table(results), ""]
     if results.get("transport"):
         parts += ["### Transport ceiling", "", transport_markdown(results["transport"]), ""]
@@ -220,22 +234,33 @@ is that run's output, unedited.
   {e['max_num_seqs']}, enforce_eager {e['enforce_eager']}, max_model_len {e['max_model_len']}, KV cache
   {e['kv_cache_gib']:g} GiB (`VLLM_CPU_KVCACHE_SPACE`); engine processes at nice
   {e['engine_nice']}, confined to the cores vLLM bound its executor to
-  (`WORKER_ENGINE_CPUS={e['engine_cpus']}`; the target notes below name them).
+  (`WORKER_ENGINE_CPUS={e['engine_cpus']}`; the target notes below name them). Every
+  other process stays off those cores, for every target: Sluice's services, Kafka and
+  Redis (`SLUICE_PIN_SERVICES`), vllm serve's API server, the offline engine's front end,
+  and the load client.
 - As each engine logged it at start:
 {logged}
 - Client: {results['client']}
 
 ## How it runs
 
-One command, one machine, one model, one client, and the targets one after another
-(never at once):
+One command, one machine, one model, one client. This machine's speed drifts by ±15%
+over minutes, more than the differences measured, so the two HTTP targets run side by
+side and take turns: for each load, {results.get('rounds', 1)} round(s), each running the load once
+on each target (the order alternates: A B, B A, ...). While one target is measured, the
+other's engine processes and HTTP front end are paused (SIGSTOP), so they take no CPU; the
+Sluice processes that hold Kafka group sessions (tokenizer, worker front end) and the
+broker and Redis stay up, idle, and what they use counts under "other processes". The
+load client is one long-lived process (importing vLLM costs ~10 s of CPU per start).
+Before the first load, each HTTP target serves an unmeasured warm-up
+({results.get('warmup', 'none')}): a fresh stack is slow until its JIT and caches warm up.
 
 1. **Sluice**: Kafka, Redis, the tokenizer, one worker and the gateway, started as
    `make up` starts them but serving this one model; the client talks to the gateway.
 2. **vllm serve**: `python -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs)
    on the same folder with the same engine settings; the same treatment of its engine
    processes (nice, CPU confinement) is applied once it is healthy.
-3. **offline LLM.generate**: vLLM's offline engine in its own process, on the same prompts
+3. **offline LLM.generate** (after the two above, alone): vLLM's offline engine in its own process, on the same prompts
    (vLLM's random dataset rebuilt from the same arguments and seed, put through the chat
    template); concurrency c is played as waves of c prompts per `LLM.generate` call. It is
    the engine's ceiling on this machine: no HTTP, no streaming.

@@ -4,8 +4,9 @@ ceiling; one run, one machine, one model, one client.
     python -m infra.bench.run [--quick] [--targets sluice vllm-serve offline transport]
 
 The client for every HTTP target is vLLM's own `vllm bench serve` (OpenAI chat backend,
-random prompts of fixed lengths, fixed seed). The targets run one after another, never
-at once. Writes .cache/bench/results.json (and each client's raw result under
+random prompts of fixed lengths, fixed seed). The HTTP targets run side by side and take
+turns, load by load, round by round (the idle one paused); the offline engine and the
+transport ceiling run after them, alone. Writes .cache/bench/results.json (and each client's raw result under
 .cache/bench/raw/), prints the markdown tables, and on a full run rewrites
 docs/benchmarks.md.
 """
@@ -16,21 +17,25 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 from infra.bench import machine, report, transport
 from infra.bench.engine_setup import EngineConfig, logged_engine_config
-from infra.bench.loads import Load, pick
+from infra.bench.loads import QUICK_WARMUP, WARMUP, Load, pick
 from infra.bench.process_sampler import BUSY_PCT, ProcessSampler, Window, outside_cpu
-from infra.bench.serve_client import client_argv, command
-from infra.bench.targets import Running, sluice, vllm_serve
+from infra.bench.serve_client import ClientProcess, client_argv
+from infra.bench.targets import Running, paused, sluice, vllm_serve
 from infra.localinfra import ROOT
+from services.worker.placement import engine_cores, engine_processes, keep_off
 
 HTTP_TARGETS: dict[str, Callable[[EngineConfig, Path], AbstractContextManager[Running]]] = {
     "sluice": sluice,
@@ -45,42 +50,111 @@ CLIENT = ("`vllm bench serve` (vLLM's load generator, run as `python -m infra.be
           "`--ignore-eos`, temperature 0, one warm-up wave per load")
 
 
-def run_http_target(name: str, engine: EngineConfig, loads: tuple[Load, ...], out_dir: Path,
-                    sampler: ProcessSampler) -> dict:
-    log_dir = fresh(out_dir / "logs" / name)
+def run_http_targets(names: list[str], engine: EngineConfig, loads: tuple[Load, ...],
+                     warmup: Load, out_dir: Path, sampler: ProcessSampler,
+                     rounds: int) -> dict[str, dict]:
+    """Start the HTTP targets side by side, then play each load `rounds` times on each,
+    alternating the order (A B, B A, ...) and pausing the target not being measured:
+    this machine's speed drifts by more than the differences measured, so targets are
+    compared round by round rather than minutes apart."""
     raw_dir = out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    results: dict = {"loads": {}}
-    with HTTP_TARGETS[name](engine, log_dir) as running:
-        results["startup_s"] = time.monotonic() - started
-        results["notes"] = running.notes
-        for service, pid in running.processes.items():
-            sampler.watch(service, pid)
-        print(f"{name}: serving at {running.base_url} after {results['startup_s']:.0f} s",
-              flush=True)
+    results: dict[str, dict] = {name: {"loads": {}, "rounds": {}} for name in names}
+    env = {**os.environ, **engine.env()}
+    with ExitStack() as stack:
+        running: dict[str, Running] = {}
+        for name in names:
+            started = time.monotonic()
+            running[name] = stack.enter_context(
+                HTTP_TARGETS[name](engine, fresh(out_dir / "logs" / name)))
+            results[name]["startup_s"] = time.monotonic() - started
+            results[name]["notes"] = running[name].notes
+            print(f"{name}: serving at {running[name].base_url} after "
+                  f"{results[name]['startup_s']:.0f} s", flush=True)
+        log = stack.enter_context(open(out_dir / "logs" / "client.log", "wb"))
+        client = ClientProcess(env, ROOT, log)
+        stack.callback(client.close)
+        # Like the services, the client (another host, in a deployment) stays off the
+        # engines' cores, for every target.
+        engines = engine_processes(pid for r in running.values() for pid in r.processes.values())
+        keep_off([psutil.Process(client.pid)], engine_cores("executor", engines))
+        for name in names:
+            started = time.monotonic()
+            with paused([running[o] for o in names if o != name]):
+                raw = out_dir / "raw" / f"{name}-warm-up.json"
+                if not client.run(client_argv(warmup, running[name].base_url, engine.model,
+                                              engine.served_name, raw)):
+                    raise RuntimeError(f"the warm-up failed on {name}; see {log.name}")
+            print(f"{name}: warmed up ({warmup.description}) in "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
         for load in loads:
-            raw = raw_dir / f"{name}-{load.name.replace(' ', '_')}.json"
-            raw.unlink(missing_ok=True)
-            argv = client_argv(load, running.base_url, engine.model, engine.served_name, raw)
-            with sampler.window() as peaks, open(log_dir / "client.log", "ab") as log:
-                client = subprocess.Popen(command(argv), stdout=log, stderr=subprocess.STDOUT,
-                                          cwd=ROOT, env={**os.environ, **engine.env()})
-                sampler.watch("client", client.pid)  # its CPU use, next to the servers'
-                returncode = client.wait()
-                sampler.forget("client")
-            if returncode != 0 or not raw.exists():
-                raise RuntimeError(f"vllm bench serve failed on {name} {load.name}; "
-                                   f"see {log_dir / 'client.log'}")
-            full = json.loads(raw.read_text())
-            results["loads"][load.name] = {**{k: full.get(k) for k in KEEP},
-                                           "rss": _with_measured_cpu(peaks, full)}
-            print(f"{name} {load.name}: {full['output_throughput']:.0f} tok/s, "
-                  f"TTFT p50 {full['p50_ttft_ms']:.1f} ms, ITL p50 {full['p50_itl_ms']:.2f} ms",
-                  flush=True)
-        sampler.forget_all()
-    results["engine_log"] = logged_engine_config(log_dir)
+            for rnd in range(rounds):
+                for name in (names if rnd % 2 == 0 else names[::-1]):
+                    others = [running[o] for o in names if o != name]
+                    with paused(others):
+                        row = _measure(running[name], load, rnd, engine, client, raw_dir, sampler)
+                    results[name]["rounds"].setdefault(load.name, []).append(row)
+                    print(f"{name} {load.name} round {rnd + 1}: {row['output_throughput']:.0f} "
+                          f"tok/s, TTFT p50 {row['p50_ttft_ms']:.1f} ms, ITL p50 "
+                          f"{row['p50_itl_ms']:.2f} ms", flush=True)
+    for name in names:
+        results[name]["engine_log"] = logged_engine_config(out_dir / "logs" / name)
+        results[name]["loads"] = {load: summarize(rows)
+                                  for load, rows in results[name]["rounds"].items()}
     return results
+
+
+def _measure(target: Running, load: Load, rnd: int, engine: EngineConfig, client: ClientProcess,
+             raw_dir: Path, sampler: ProcessSampler) -> dict:
+    """One run of one load on one target: the client's result plus the target's processes'
+    memory and CPU (anything else, a paused target included, counts as other processes)."""
+    raw = raw_dir / f"{target.name}-{load.name.replace(' ', '_')}-{rnd + 1}.json"
+    raw.unlink(missing_ok=True)
+    sampler.forget_all()
+    for service, pid in target.processes.items():
+        sampler.watch(service, pid)
+    sampler.watch("client", client.pid)  # its CPU use, next to the servers'
+    with sampler.window() as peaks:
+        ok = client.run(client_argv(load, target.base_url, engine.model, engine.served_name, raw))
+    sampler.forget_all()
+    if not ok or not raw.exists():
+        raise RuntimeError(f"vllm bench serve failed on {target.name} {load.name}; see "
+                           f"{raw_dir.parent / 'logs' / 'client.log'}")
+    full = json.loads(raw.read_text())
+    return {**{k: full.get(k) for k in KEEP}, "rss": _with_measured_cpu(peaks, full)}
+
+
+MEDIANS = ("duration", "request_throughput", "output_throughput", "p50_ttft_ms", "p99_ttft_ms",
+           "p50_itl_ms", "p99_itl_ms", "p50_e2el_ms", "p99_e2el_ms", "median_tpot_ms")
+
+
+def summarize(rows: list[dict]) -> dict:
+    """A target's figures for one load over its rounds: each figure's median; counts from
+    the worst round; peak memory over all rounds; CPU use from the median round."""
+    out: dict = {k: statistics.median(r[k] for r in rows) for k in MEDIANS
+                 if all(r.get(k) is not None for r in rows)}
+    out["completed"] = min(r["completed"] or 0 for r in rows)
+    out["failed"] = sum(r["failed"] or 0 for r in rows)
+    for k in ("total_input_tokens", "total_output_tokens"):
+        values = {r.get(k) for r in rows}
+        out[k] = values.pop() if len(values) == 1 else sorted(values, key=str)
+    middle = sorted(rows, key=lambda r: r["output_throughput"])[len(rows) // 2]
+    rss = [r["rss"] for r in rows]
+    out["rss"] = {
+        "trees_mib": _max_each(x.get("trees_mib", {}) for x in rss),
+        "processes_mib": _max_each(x.get("processes_mib", {}) for x in rss),
+        "cpu_pct": middle["rss"].get("cpu_pct", {}),
+    }
+    out["rounds"] = len(rows)
+    return out
+
+
+def _max_each(dicts) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = max(out.get(k, 0.0), v)
+    return out
 
 
 def fresh(log_dir: Path) -> Path:
@@ -122,19 +196,29 @@ def run_offline(engine: EngineConfig, loads: tuple[Load, ...], out_dir: Path) ->
 
 
 def ratios(targets: dict, loads: tuple[Load, ...]) -> dict:
+    """Sluice against vllm serve round by round (each round ran both back to back), then
+    the median over rounds; against the offline engine (run apart) on the medians."""
     def get(target: str, load: str) -> dict | None:
         return targets.get(target, {}).get("loads", {}).get(load)
 
     out = {}
     for load in loads:
-        s, v, o = get("sluice", load.name), get("vllm-serve", load.name), get("offline", load.name)
+        s, o = get("sluice", load.name), get("offline", load.name)
         if s is None:
             continue
         r: dict = {}
-        if v:
-            r["sluice_vs_vllm_serve"] = s["output_throughput"] / v["output_throughput"]
-            r["ttft_p50_delta_ms"] = s["p50_ttft_ms"] - v["p50_ttft_ms"]
-            r["itl_p50_delta_ms"] = s["p50_itl_ms"] - v["p50_itl_ms"]
+        pairs = list(zip(targets.get("sluice", {}).get("rounds", {}).get(load.name, []),
+                         targets.get("vllm-serve", {}).get("rounds", {}).get(load.name, [])))
+        if pairs:
+            per_round = {
+                "sluice_vs_vllm_serve": [a["output_throughput"] / b["output_throughput"]
+                                         for a, b in pairs],
+                "ttft_p50_delta_ms": [a["p50_ttft_ms"] - b["p50_ttft_ms"] for a, b in pairs],
+                "itl_p50_delta_ms": [a["p50_itl_ms"] - b["p50_itl_ms"] for a, b in pairs],
+            }
+            for key, values in per_round.items():
+                r[key] = statistics.median(values)
+            r["rounds"] = per_round
         if o:
             r["sluice_vs_offline"] = s["output_throughput"] / o["output_throughput"]
         out[load.name] = r
@@ -157,7 +241,7 @@ def check(targets: dict, loads: tuple[Load, ...], transport_result: dict | None)
             if r.get("total_output_tokens") != load.num_prompts * load.output_len:
                 problems.append(f"{target} {load.name}: {r.get('total_output_tokens')} output tokens, "
                                 f"expected {load.num_prompts * load.output_len}")
-            inputs[target] = r.get("total_input_tokens")
+            inputs[target] = json.dumps(r.get("total_input_tokens"))
         if len(set(inputs.values())) > 1:
             problems.append(f"{load.name}: prompt tokens differ between targets: {inputs}")
     logged = {t: json.dumps(d.get("engine_log"), sort_keys=True) for t, d in targets.items()}
@@ -188,6 +272,8 @@ def main() -> None:
     p.add_argument("--targets", nargs="+", choices=ALL_TARGETS, default=list(ALL_TARGETS))
     p.add_argument("--loads", nargs="+", help="load names (default: all)")
     p.add_argument("--quick", action="store_true", help="few prompts per load, for development")
+    p.add_argument("--rounds", type=int, help="runs of each load on each HTTP target, "
+                   "alternating targets (default 3; 1 with --quick)")
     p.add_argument("--docs", type=Path, help="markdown page to rewrite (default on a full run: "
                    "docs/benchmarks.md; never on --quick unless given)")
     args = p.parse_args()
@@ -200,14 +286,22 @@ def main() -> None:
         "quick": args.quick, "machine": machine.describe(), "engine": engine.as_json(),
         "client": CLIENT, "loads": [load.as_json() for load in loads], "targets": {},
     }
+    rounds = args.rounds or (1 if args.quick else 3)
+    results["rounds"] = rounds
+    results["warmup"] = (QUICK_WARMUP if args.quick else WARMUP).description
+    http = [t for t in args.targets if t in HTTP_TARGETS]
     sampler = ProcessSampler()
     failures = []
     for target in args.targets:
+        if target in http[1:]:
+            continue  # the HTTP targets run together, interleaved, at the first one's turn
         t0 = time.monotonic()
         try:
             if target in HTTP_TARGETS:
-                results["targets"][target] = run_http_target(target, engine, loads, args.out_dir,
-                                                             sampler)
+                target = " and ".join(http)
+                warmup = QUICK_WARMUP if args.quick else WARMUP
+                results["targets"].update(run_http_targets(http, engine, loads, warmup,
+                                                           args.out_dir, sampler, rounds))
             elif target == "offline":
                 results["targets"][target] = run_offline(engine, loads, args.out_dir)
             else:

@@ -1,4 +1,5 @@
-"""The HTTP targets of `make bench`, each started on its own and stopped before the next.
+"""The HTTP targets of `make bench`, running side by side; the one not being measured
+is paused (`pausable`).
 
 - sluice: Kafka, Redis, tokenizer, worker and gateway, as `make up` runs them.
 - vllm-serve: vLLM's OpenAI server on the same model folder with the worker's engine
@@ -32,6 +33,9 @@ class Running:
     name: str
     base_url: str  # without /v1
     processes: dict[str, int]  # service → root pid, for the RSS sampler
+    # Process trees to SIGSTOP while another target is measured: the engine and the HTTP
+    # front end. Processes with Kafka group sessions (and the broker) stay up, idle.
+    pausable: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,13 +75,16 @@ def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
     with ExitStack() as stack:
         endpoints = stack.enter_context(local_infra(log_dir / "infra", env))
         env.update(endpoints.env())
-        procs, url = start_services(stack, env, log_dir)
+        procs, url = start_services(stack, env, log_dir, neighbours=endpoints.pids)
         pids = {name: proc.proc.pid for name, proc in procs.items()}
         notes = [line.split("services.worker.engine: ", 1)[-1].strip()
                  for name, proc in procs.items() if name.startswith("worker")
                  for line in open(proc.log_path, errors="replace") if "confined to CPUs" in line]
+        engines = [child.pid for name, proc in procs.items() if name.startswith("worker")
+                   for child in psutil.Process(proc.proc.pid).children(recursive=True)
+                   if child.name().startswith("VLLM::")]
         yield Running("sluice", url, {**pids, **infra_pids(endpoints)},
-                      [*notes, f"logs in {log_dir}"])
+                      [pids["gateway"], *engines], [*notes, f"logs in {log_dir}"])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -111,7 +118,7 @@ def vllm_serve(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
     try:
         _wait_healthy(url, proc, log, timeout=600)
         tamed = tame_children(proc.pid, engine.nice, engine.cpus)
-        yield Running("vllm-serve", url, {"vllm-serve": proc.pid}, [tamed, f"log {log}"])
+        yield Running("vllm-serve", url, {"vllm-serve": proc.pid}, [proc.pid], [tamed, f"log {log}"])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -120,3 +127,31 @@ def vllm_serve(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def paused(targets: list[Running]) -> Iterator[None]:
+    """SIGSTOP the targets' pausable trees for the block (SIGCONT after, whatever happens),
+    so a target idling beside the measured one takes no CPU from it."""
+    procs = []
+    for target in targets:
+        for pid in target.pausable:
+            try:
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                pass
+    for proc in procs:
+        _signal(proc, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in procs:
+            _signal(proc, signal.SIGCONT)
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass

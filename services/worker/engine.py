@@ -49,7 +49,9 @@ def tame_engine(nice: int, cpus: str) -> None:
     cores = placement.engine_cores(cpus, engine)
     placement.confine(engine, cores, nice)
     if cores:
-        log.info("engine processes confined to CPUs %s", sorted(cores))
+        rest = placement.keep_off([psutil.Process()], cores)  # this front end: Kafka, pumping
+        log.info("engine processes confined to CPUs %s; the worker's own process to %s",
+                 sorted(cores), sorted(rest) if rest else "any CPU")
 
 
 @asynccontextmanager
