@@ -6,9 +6,9 @@ ceiling; one run, one machine, one model, one client.
 The client for every HTTP target is vLLM's own `vllm bench serve` (OpenAI chat backend,
 random prompts of fixed lengths, fixed seed). The HTTP targets run side by side and take
 turns, load by load, round by round (the idle one paused); the offline engine and the
-transport ceiling run after them, alone. Writes .cache/bench/results.json (and each client's raw result under
-.cache/bench/raw/), prints the markdown tables, and on a full run rewrites
-docs/benchmarks.md.
+transport ceiling run after them, alone. Writes .cache/bench/results.json (and each
+client's raw result under .cache/bench/raw/), prints the markdown tables, and on a full
+run rewrites docs/benchmarks.md.
 """
 
 from __future__ import annotations
