@@ -21,7 +21,7 @@ class KafkaSettings:
     # How long the broker holds the gateway's reply fetch when no record is there; a record
     # ends the wait at once, so a long wait costs no latency. A short one makes idle fetch
     # round trips: 5 ms cost an idle stack ~16% of a core (broker and gateway) and, in
-    # interleaved runs, 5-10% of the tokens/s at concurrency 32 (docs/benchmarks.md).
+    # interleaved A/B runs against 500, 4-10% of the tokens/s at concurrency 32.
     fetch_max_wait_ms: int
     request_timeout_ms: int
     max_message_bytes: int  # the broker's message.max.bytes must allow as much

@@ -5,9 +5,9 @@ for "everything else", but its engine core's busy loop floats onto those cores t
 it starves this worker's Kafka client, the broker and the gateway: replies then reach
 clients in bursts. So the engine's processes go to the executor's cores, at a lower
 priority, and everything else stays off those cores (`keep_off`): at that priority, any
-process the kernel puts on an engine core preempts the engine (measured: its threads'
-run-queue wait fell to vllm serve's level, and tokens/s at concurrency 32 rose by a
-median 5%, in interleaved runs; docs/benchmarks.md).
+process the kernel puts on an engine core preempts the engine (measured in interleaved
+A/B runs: its threads' run-queue wait fell to vllm serve's level, and tokens/s at
+concurrency 32 rose by a median 5%).
 """
 
 from __future__ import annotations
