@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,8 @@ KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 class Endpoints:
     kafka_bootstrap: str
     redis_url: str
-    pids: tuple[int, ...] = ()  # the Kafka and Redis processes started here, if any
+    # The processes started here ("kafka", "redis"), if any: not those named in the env.
+    pids: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
@@ -158,16 +159,14 @@ def local_infra(workdir: Path, env: dict[str, str] | None = None, kafka_port: in
     env = dict(os.environ if env is None else env)
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        pids = []
+        pids = {}
         kafka = env.get("KAFKA_BOOTSTRAP_SERVERS")
         if not kafka:
-            kafka, pid = stack.enter_context(run_kafka(workdir, kafka_port))
-            pids.append(pid)
+            kafka, pids["kafka"] = stack.enter_context(run_kafka(workdir, kafka_port))
         redis = env.get("REDIS_URL")
         if not redis:
-            redis, pid = stack.enter_context(run_redis(workdir, redis_port))
-            pids.append(pid)
-        endpoints = Endpoints(kafka, redis, tuple(pids))
+            redis, pids["redis"] = stack.enter_context(run_redis(workdir, redis_port))
+        endpoints = Endpoints(kafka, redis, pids)
         create_topics(endpoints, env)
         yield endpoints
 

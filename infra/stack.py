@@ -33,7 +33,7 @@ def main() -> None:
         env = {**os.environ, **endpoints.env()}
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
         procs, url = start_services(stack, env, run_dir, echo=echo,  # stopped before the infra
-                                    neighbours=endpoints.pids)
+                                    neighbours=list(endpoints.pids.values()))
         services = list(procs.values())
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)

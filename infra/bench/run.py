@@ -26,8 +26,6 @@ from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
-
 from infra.bench import machine, report, transport
 from infra.bench.engine_setup import EngineConfig, logged_engine_config
 from infra.bench.loads import QUICK_WARMUP, WARMUP, Load, pick
@@ -35,7 +33,7 @@ from infra.bench.process_sampler import BUSY_PCT, ProcessSampler, Window, outsid
 from infra.bench.serve_client import ClientProcess, client_argv
 from infra.bench.targets import Running, paused, sluice, vllm_serve
 from infra.localinfra import ROOT
-from services.worker.placement import engine_cores, engine_processes, keep_off
+from infra.procs import keep_off_engine_cores
 
 HTTP_TARGETS: dict[str, Callable[[EngineConfig, Path], AbstractContextManager[Running]]] = {
     "sluice": sluice,
@@ -76,8 +74,8 @@ def run_http_targets(names: list[str], engine: EngineConfig, loads: tuple[Load, 
         stack.callback(client.close)
         # Like the services, the client (another host, in a deployment) stays off the
         # engines' cores, for every target.
-        engines = engine_processes(pid for r in running.values() for pid in r.processes.values())
-        keep_off([psutil.Process(client.pid)], engine_cores("executor", engines))
+        keep_off_engine_cores([pid for r in running.values() for pid in r.processes.values()],
+                              [client.pid])
         for name in names:
             started = time.monotonic()
             with paused([running[o] for o in names if o != name]):

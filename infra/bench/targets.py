@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import psutil
 
 from infra.bench.engine_setup import EngineConfig, tame_children
-from infra.localinfra import Endpoints, free_port, local_infra
+from infra.localinfra import free_port, local_infra
 from infra.procs import start_services
+from services.worker.placement import engine_processes
 
 
 @dataclass
@@ -39,31 +39,12 @@ class Running:
     notes: list[str] = field(default_factory=list)
 
 
-def _listener(port: int) -> int | None:
-    """The pid listening on a loopback port (Kafka and Redis are started without a handle)."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    return None
-
-
 def private_env() -> dict[str, str]:
     """This environment without servers or models named in it: the benchmark starts its
     own Kafka and Redis and serves exactly one model."""
     drop = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SLUICE_MODELS", "SLUICE_MODEL",
             "SLUICE_MODEL_NAME", "WORKER_MODEL")
     return {key: value for key, value in os.environ.items() if key not in drop}
-
-
-def infra_pids(endpoints: Endpoints) -> dict[str, int]:
-    """Kafka's and Redis's pids, found by the ports they listen on."""
-    pids = {}
-    for name, address in (("kafka", endpoints.kafka_bootstrap), ("redis", endpoints.redis_url)):
-        port = urlparse(address if "//" in address else f"tcp://{address}").port
-        pid = _listener(port) if port else None
-        if pid:
-            pids[name] = pid
-    return pids
 
 
 @contextmanager
@@ -75,15 +56,14 @@ def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
     with ExitStack() as stack:
         endpoints = stack.enter_context(local_infra(log_dir / "infra", env))
         env.update(endpoints.env())
-        procs, url = start_services(stack, env, log_dir, neighbours=endpoints.pids)
+        procs, url = start_services(stack, env, log_dir, neighbours=list(endpoints.pids.values()))
         pids = {name: proc.proc.pid for name, proc in procs.items()}
         notes = [line.split("services.worker.engine: ", 1)[-1].strip()
                  for name, proc in procs.items() if name.startswith("worker")
                  for line in open(proc.log_path, errors="replace") if "confined to CPUs" in line]
-        engines = [child.pid for name, proc in procs.items() if name.startswith("worker")
-                   for child in psutil.Process(proc.proc.pid).children(recursive=True)
-                   if child.name().startswith("VLLM::")]
-        yield Running("sluice", url, {**pids, **infra_pids(endpoints)},
+        engines = [p.pid for p in engine_processes(
+            proc.proc.pid for name, proc in procs.items() if name.startswith("worker"))]
+        yield Running("sluice", url, {**pids, **endpoints.pids},
                       [pids["gateway"], *engines], [*notes, f"logs in {log_dir}"])
 
 

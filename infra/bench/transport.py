@@ -33,7 +33,7 @@ from infra.bench.process_sampler import ProcessSampler
 from infra.bench.samples import window
 from infra.bench.sse_client import closed_loop
 from infra.bench.stats import p50_p99
-from infra.bench.targets import infra_pids, private_env
+from infra.bench.targets import private_env
 from infra.localinfra import ROOT, local_infra
 from infra.procs import ServiceProcess, detail
 
@@ -136,7 +136,7 @@ def run(model: Path, out_dir: Path, levels: tuple[Level, ...], interval_ms: floa
             proc.wait_ready(timeout=120)
         url = detail(procs["gateway"].ready_detail, "url")
         for name, pid in {**{n: p.proc.pid for n, p in procs.items()},
-                          **infra_pids(endpoints)}.items():
+                          **endpoints.pids}.items():
             sampler.watch(name, pid)
         sampler.watch("client", os.getpid(), children=False)  # the services are its children
         print(f"transport: gateway {url}, {LABEL}, a token every {interval_ms:g} ms per stream",

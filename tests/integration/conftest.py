@@ -109,7 +109,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         }
         env.pop("SLUICE_MODEL", None)
-        procs, url = start_services(stack_, env, logs, neighbours=endpoints.pids)
+        procs, url = start_services(stack_, env, logs, neighbours=list(endpoints.pids.values()))
         yield Stack(
             base_url=url, model=model_path.name, model_path=model_path,
             vl_model=vl_model_path.name, vl_model_path=vl_model_path,
