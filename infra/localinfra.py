@@ -118,7 +118,7 @@ def run_kafka(workdir: Path, port: int | None = None,
     java = ["java", f"-Xmx{heap}", f"-Xms{heap}", *jvm,
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
             "-cp", f"{libs}/*"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = _cluster_id()
     log = workdir / "kafka.log"
     with open(log, "ab") as out:
         subprocess.run([*java, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
@@ -130,6 +130,16 @@ def run_kafka(workdir: Path, port: int | None = None,
         yield f"127.0.0.1:{port}", proc.pid
     finally:
         _stop(proc)
+
+
+def _cluster_id() -> str:
+    """A random Kafka cluster id (URL-safe base64 of a UUID). Like Kafka's own
+    Uuid.randomUuid, never one that starts with "-": the format tool would read it as an
+    option (1 run in 64 failed to start Kafka)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 @contextmanager
