@@ -16,7 +16,7 @@ export VLLM_TARGET_DEVICE ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install deps redis kafka-jars model up infra test unit bench clean
+.PHONY: install deps redis kafka-jars model up infra test unit bench failover clean
 
 install: deps $(APP_STAMP)
 
@@ -68,6 +68,11 @@ unit: install
 # and rewrites docs/benchmarks.md. BENCH_ARGS=--quick for a short trial (docs untouched).
 bench: install model
 	$(PY) -m infra.bench.run --model $${SLUICE_MODEL:-$(MODEL_DIR)} $(BENCH_ARGS)
+
+# Failover on its own stack (kill, drain and restart workers under load); rewrites the
+# results in docs/reliability.md. FAILOVER_ARGS="--rounds 1" for a short trial.
+failover: install model
+	$(PY) -m infra.bench.failover --model $${SLUICE_MODEL:-$(MODEL_DIR)} --docs docs/reliability.md $(FAILOVER_ARGS)
 
 clean:
 	rm -rf .cache/run .pytest_cache

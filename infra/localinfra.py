@@ -15,12 +15,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from infra.procs import PortProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
@@ -31,7 +32,11 @@ class Endpoints:
     kafka_bootstrap: str
     redis_url: str
     # The processes started here ("kafka", "redis"), if any: not those named in the env.
-    pids: dict[str, int] = field(default_factory=dict)
+    units: dict[str, PortProcess] = field(default_factory=dict)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: unit.proc.pid for name, unit in self.units.items()}
 
     def env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "REDIS_URL": self.redis_url}
@@ -53,38 +58,14 @@ def port_or_free(preferred: int) -> int:
             return free_port()
 
 
-def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)  # a server we started is coming up; nothing to await on
-    raise RuntimeError(f"{what} did not open port {port} within {timeout:.0f}s; see {log}")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def kafka_libs() -> Path:
     out = subprocess.run([str(KAFKA_DIR / "fetch-jars.sh")], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-@contextmanager
-def run_kafka(workdir: Path, port: int | None = None,
-              heap: str = "512m") -> Iterator[tuple[str, int]]:
-    """A one-node KRaft Kafka on loopback; yields its address and pid."""
+def start_kafka(workdir: Path, port: int | None = None,
+                heap: str = "512m") -> tuple[str, PortProcess]:
+    """A one-node KRaft Kafka on loopback, ready; returns its address and process."""
     libs = kafka_libs()
     port = port or free_port()
     controller = free_port()
@@ -123,13 +104,18 @@ def run_kafka(workdir: Path, port: int | None = None,
     with open(log, "ab") as out:
         subprocess.run([*java, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
                         "-c", str(props)], check=True, stdout=out, stderr=subprocess.STDOUT)
-        proc = subprocess.Popen([*java, "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    # A restart (respawn) runs the broker again on the same storage.
+    unit = PortProcess("kafka", [*java, "kafka.Kafka", str(props)], dict(os.environ), log, port)
+    _ready(unit, timeout=90)
+    return f"127.0.0.1:{port}", unit
+
+
+def _ready(unit: PortProcess, timeout: float) -> None:
     try:
-        _wait_port(port, proc, "Kafka", log, timeout=90)
-        yield f"127.0.0.1:{port}", proc.pid
-    finally:
-        _stop(proc)
+        unit.wait_ready(timeout)
+    except BaseException:
+        unit.stop(timeout=20)
+        raise
 
 
 def _cluster_id() -> str:
@@ -142,24 +128,17 @@ def _cluster_id() -> str:
             return cid
 
 
-@contextmanager
-def run_redis(workdir: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
-    """Redis on loopback, without persistence; yields its URL and pid."""
+def start_redis(workdir: Path, port: int | None = None) -> tuple[str, PortProcess]:
+    """Redis on loopback, without persistence, ready; returns its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make deps installs it)")
     port = port or free_port()
-    log = workdir / "redis.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--daemonize", "no"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_port(port, proc, "Redis", log, timeout=20)
-        yield f"redis://127.0.0.1:{port}/0", proc.pid
-    finally:
-        _stop(proc)
+    unit = PortProcess("redis", [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--daemonize", "no"], dict(os.environ), workdir / "redis.log", port)
+    _ready(unit, timeout=20)
+    return f"redis://127.0.0.1:{port}/0", unit
 
 
 @contextmanager
@@ -169,14 +148,16 @@ def local_infra(workdir: Path, env: dict[str, str] | None = None, kafka_port: in
     env = dict(os.environ if env is None else env)
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        pids = {}
+        units: dict[str, PortProcess] = {}  # a supervisor may replace an entry: stop the current one
         kafka = env.get("KAFKA_BOOTSTRAP_SERVERS")
         if not kafka:
-            kafka, pids["kafka"] = stack.enter_context(run_kafka(workdir, kafka_port))
+            kafka, units["kafka"] = start_kafka(workdir, kafka_port)
+            stack.callback(lambda: units["kafka"].stop(timeout=20))
         redis = env.get("REDIS_URL")
         if not redis:
-            redis, pids["redis"] = stack.enter_context(run_redis(workdir, redis_port))
-        endpoints = Endpoints(kafka, redis, pids)
+            redis, units["redis"] = start_redis(workdir, redis_port)
+            stack.callback(lambda: units["redis"].stop(timeout=20))
+        endpoints = Endpoints(kafka, redis, units)
         create_topics(endpoints, env)
         yield endpoints
 

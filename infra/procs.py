@@ -1,37 +1,52 @@
-"""Run a Sluice service as a child process and wait for its ready line (no polling)."""
+"""Child processes of a launcher (make up, the tests, the benchmarks): the services, each
+watched for its ready line (no polling), and the local Kafka and Redis."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from infra import watchdog
+
 READY = "SLUICE-READY"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class ServiceProcess:
-    """A service's process; its output goes to a log file and is watched for the ready line."""
+class Child:
+    """A process the launcher started. It leads its own process group, so a signal reaches
+    its children too (vLLM's engine processes), and the watchdog (infra.watchdog) ends the
+    group if the launcher dies first. `respawn` starts it again, the same way.
 
-    def __init__(self, name: str, module: str, env: dict[str, str], log_path: Path,
-                 echo: bool = False) -> None:
+    A process group, not a session: with the kernel's autogroup scheduling each session
+    gets its own share of the CPU, which makes the engines' niceness meaningless across
+    processes (a second worker's engine starting next to a running one got no CPU at all
+    for minutes)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
+        self.argv = list(argv)
+        self.env = env
         self.log_path = log_path
-        self.ready_detail = ""
-        self._ready = threading.Event()
+        self.started = time.monotonic()
         self._exited = threading.Event()
-        self._echo = echo
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=Path(__file__).resolve().parents[1],
-        )
+            self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            process_group=0, cwd=ROOT)
+        watchdog.guard(self.proc.pid)
         self._reader = threading.Thread(target=self._pump, name=f"{name}-log", daemon=True)
         self._reader.start()
+
+    def respawn(self) -> Child:
+        return type(self)(self.name, self.argv, self.env, self.log_path)
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -39,15 +54,96 @@ class ServiceProcess:
             for line in self.proc.stdout:
                 log.write(line)
                 log.flush()
-                if self._echo:
-                    sys.stdout.buffer.write(f"[{self.name}] ".encode() + line)
-                    sys.stdout.flush()
-                text = line.decode(errors="replace")
-                if not self._ready.is_set() and READY in text:
-                    self.ready_detail = text.split(READY, 1)[1].strip()
-                    self._ready.set()
+                self._line(line)
         self._exited.set()
-        self._ready.set()  # wake a waiter: it checks whether we exited
+        self._line(None)
+
+    def _line(self, line: bytes | None) -> None:
+        """Each line of output as it comes (None at the end)."""
+
+    def wait_ready(self, timeout: float) -> str:
+        return ""
+
+    def signal(self, sig: int) -> None:
+        """To the process only, as an orchestrator signals a container's main process: it
+        stops its own children (a worker drains, then shuts its engine down)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then after `timeout` SIGKILL for the whole group (a worker's drain is
+        SLUICE_DRAIN_S, 20 s by default, plus its handoffs)."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.reap()
+            return self.proc.wait()
+        finally:
+            self.reap()
+            watchdog.forget(self.proc.pid)
+            self._reader.join(5)
+
+    def reap(self) -> None:
+        """Kill its whole group: what is left of it once the process exited (an engine)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class PortProcess(Child):
+    """A server (Kafka, Redis) that is ready once its port accepts connections."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path,
+                 port: int) -> None:
+        self.port = port
+        super().__init__(name, argv, env, log_path)
+
+    def respawn(self) -> PortProcess:
+        return PortProcess(self.name, self.argv, self.env, self.log_path, self.port)
+
+    def wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return f"port={self.port}"
+            except OSError:
+                time.sleep(0.1)  # a server we started is coming up; nothing to await on
+        raise RuntimeError(f"{self.name} did not open port {self.port} within {timeout:.0f}s; "
+                           f"see {self.log_path}")
+
+
+class ServiceProcess(Child):
+    """A Sluice service (`python -m <module>`); ready once it logs its ready line."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_path: Path,
+                 echo: bool = False) -> None:
+        self.module = module
+        self.ready_detail = ""
+        self._ready = threading.Event()
+        self._echo = echo
+        super().__init__(name, [sys.executable, "-m", module], env, log_path)
+
+    def respawn(self) -> ServiceProcess:
+        return ServiceProcess(self.name, self.module, self.env, self.log_path, self._echo)
+
+    def _line(self, line: bytes | None) -> None:
+        if line is None:
+            self._ready.set()  # wake a waiter: it checks whether we exited
+            return
+        if self._echo:
+            sys.stdout.buffer.write(f"[{self.name}] ".encode() + line)
+            sys.stdout.flush()
+        if not self._ready.is_set() and READY.encode() in line:
+            self.ready_detail = line.decode(errors="replace").split(READY, 1)[1].strip()
+            self._ready.set()
 
     def wait_ready(self, timeout: float) -> str:
         if not self._ready.wait(timeout):
@@ -56,20 +152,6 @@ class ServiceProcess:
             raise RuntimeError(f"{self.name} exited ({self.proc.wait()}) before it was ready; "
                                f"see {self.log_path}")
         return self.ready_detail
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 30) -> int:
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            return self.proc.wait()
-        finally:
-            self._reader.join(5)
 
 
 def detail(ready_detail: str, key: str) -> str:

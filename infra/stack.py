@@ -1,8 +1,11 @@
-"""Run the whole stack locally: Kafka, Redis, tokenizer, worker and gateway.
+"""Run the whole stack locally: Kafka, Redis, and every service.
 
     python -m infra.stack
 
-Serves until Ctrl-C or SIGTERM, then stops everything it started, gateway first.
+Serves until Ctrl-C or SIGTERM, then stops everything it started, gateway first. Every
+process is supervised: one that exits unexpectedly is restarted with backoff (and logged),
+as compose's `restart:` or Kubernetes would. Nothing outlives the launcher, even when it is
+killed with SIGKILL (infra.watchdog).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from infra.localinfra import ROOT, local_infra, port_or_free
 from infra.procs import start_services
+from infra.supervise import Supervisor
 
 
 def main() -> None:
@@ -34,16 +38,14 @@ def main() -> None:
         print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
         procs, url = start_services(stack, env, run_dir, echo=echo,  # stopped before the infra
                                     neighbours=list(endpoints.pids.values()))
-        services = list(procs.values())
+        supervisor = Supervisor([endpoints.units, procs], lambda line: print(line, flush=True))
+        stack.callback(supervisor.stop)  # unwinds first: no restarts while stopping
+        supervisor.start()
         print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
         while not stop.is_set():
             if os.getppid() != parent:  # `make` was killed without passing the signal on
                 stop.set()
-            for proc in services:
-                if proc.proc.poll() is not None:
-                    print(f"{proc.name} exited with {proc.proc.returncode}; see {proc.log_path}")
-                    stop.set()
             stop.wait(1.0)
         print("stopping", flush=True)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from shared.contracts import Codec, Wire
 from shared.settings import KafkaSettings, TopicSpec
@@ -25,6 +25,12 @@ H_ERROR = "sluice-error"
 H_ORIGIN = "sluice-origin"
 
 Headers = list[tuple[str, bytes]]
+
+
+def transient(exc: BaseException) -> bool:
+    """A Kafka failure that passes when the cluster is reachable again (retry later), as
+    opposed to one that will fail the same way (a message too large, say)."""
+    return isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +52,34 @@ class ReplyTo:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordLoc:
+    """Where a record is in Kafka (a request record, so that whoever takes it over can read it)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def encode(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @classmethod
+    def decode(cls, raw: str) -> RecordLoc | None:
+        head, _, offset = raw.rpartition(":")
+        topic, _, partition = head.rpartition(":")
+        if not topic or not partition.isdigit() or not offset.isdigit():
+            return None
+        return cls(topic, int(partition), int(offset))
+
+
+@dataclass(frozen=True, slots=True)
 class Meta:
-    """Routing metadata carried in Kafka headers, next to the message body."""
+    """Routing metadata carried in Kafka headers, next to the message body. `origin` is where
+    a consumer read the message (not a header)."""
 
     request_id: str
     reply_to: ReplyTo | None = None
     traceparent: str | None = None
+    origin: RecordLoc | None = None
 
     def headers(self, msg_type: str) -> Headers:
         out: Headers = [(H_REQUEST_ID, self.request_id.encode()), (H_TYPE, msg_type.encode())]
@@ -62,7 +90,12 @@ class Meta:
         return out
 
     @classmethod
-    def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None) -> Meta:
+    def of_record(cls, record) -> Meta:
+        return cls.from_headers(record.headers, RecordLoc(record.topic, record.partition, record.offset))
+
+    @classmethod
+    def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None,
+                     origin: RecordLoc | None = None) -> Meta:
         values = {k: v for k, v in headers or () if v is not None}
         if H_REQUEST_ID not in values:
             raise ValueError(f"missing header {H_REQUEST_ID}")
@@ -72,6 +105,7 @@ class Meta:
             request_id=values[H_REQUEST_ID].decode(),
             reply_to=ReplyTo.decode(reply) if reply else None,
             traceparent=trace.decode() if trace else None,
+            origin=origin,
         )
 
 

@@ -1,5 +1,5 @@
-"""Redis: the shared cache and state store (token cache, abort marks, worker liveness).
-Preprocessed images live in shared.images."""
+"""Redis: the shared cache and state store (token cache, worker liveness). Preprocessed
+images live in shared.images, request claims and abort marks in shared.claims."""
 
 from __future__ import annotations
 
@@ -52,26 +52,10 @@ class TokenCache:
         await self._redis.set(self._prefix + key, array("I", ids).tobytes(), ex=self._ttl)
 
 
-class AbortMarks:
-    """Requests the client gave up on. The Kafka abort event reaches the worker running the
-    request; this mark covers a request that had not reached a worker yet."""
-
-    def __init__(self, redis: Redis, prefix: str, ttl_s: int = 600) -> None:
-        self._redis = redis
-        self._prefix = f"{prefix}:abort:"
-        self._ttl = ttl_s
-
-    async def mark(self, request_id: str) -> None:
-        await self._redis.set(self._prefix + request_id, b"1", ex=self._ttl)
-
-    async def is_marked(self, request_id: str) -> bool:
-        return bool(await self._redis.exists(self._prefix + request_id))
-
-
 class WorkerRegistry:
     """Worker liveness per model route (`<pool>.<model>`): worker ids scored by last heartbeat."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl_s: float = 10.0) -> None:
+    def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
         self._redis = redis
         self._prefix = f"{prefix}:workers:"
         self._ttl = ttl_s

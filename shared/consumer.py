@@ -3,8 +3,13 @@
 The poll loop never waits on processing: each message runs as its own task, up to
 `max_in_flight`; past that the partitions are paused (the loop keeps polling, so the
 group membership stays alive). Offsets are committed per partition when every message
-before them has finished. A record that is not a valid envelope goes to the
-dead-letter topic and the consumer carries on.
+before them has finished; a handler that raises NotSettled leaves its message unfinished
+(its offset is never committed past, so the message is delivered again). A record that is
+not a valid envelope goes to the dead-letter topic and the consumer carries on.
+
+A rebalance that takes a partition away drops its offset tracker; handlers of its messages
+that finish later no longer count (the partition's new owner gets them again), even when
+the same consumer gets the partition back.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[T, Meta], Awaitable[None]]
+
+
+class NotSettled(Exception):
+    """Raised by a handler whose message must be delivered again (not committed past)."""
 
 
 class GroupRunner(Generic[T]):
@@ -79,6 +88,16 @@ class GroupRunner(Generic[T]):
         """Stop taking new messages; in-flight work continues until drain()."""
         self._stopping = True
 
+    async def leave(self) -> None:
+        """Leave the group now (after stop()), so that its partitions move to the other
+        members while in-flight work goes on: commit what is finished, then give them up.
+        Messages still in flight are delivered again to the partitions' new owners."""
+        if self._started:
+            await self._loop_exited.wait()
+        await self._commit(list(self._offsets))
+        self._offsets.clear()
+        self._consumer.unsubscribe()
+
     async def drain(self, timeout: float) -> None:
         """Wait for in-flight work up to `timeout`, cancel the rest, commit what finished."""
         if self._started:
@@ -109,25 +128,31 @@ class GroupRunner(Generic[T]):
         offsets.start(record.offset)
         try:
             msg = self._codec.decode(record.value)
-            meta = Meta.from_headers(record.headers)
+            meta = Meta.of_record(record)
         except (*DecodeErrors, ValueError, UnicodeDecodeError) as exc:
             await self._set_aside(record, repr(exc))
-            self._finished(tp, record.offset)
+            self._finished(offsets, record.offset)
             return
         task = asyncio.create_task(self._handle(msg, meta), name=f"{self._name}-{meta.request_id}")
         self._tasks.add(task)
         if len(self._tasks) >= self._max:
             self._capacity.clear()
-        task.add_done_callback(lambda t, tp=tp, off=record.offset: self._task_done(t, tp, off))
+        # The tracker itself, not the partition: after a rebalance, a handler of the old
+        # assignment must not finish an offset in the new one's tracker.
+        task.add_done_callback(lambda t, o=offsets, off=record.offset: self._task_done(t, o, off))
 
-    async def _handle(self, msg: T, meta: Meta) -> None:
+    async def _handle(self, msg: T, meta: Meta) -> bool:
+        """True when the message is settled (its offset may be committed past)."""
         try:
             await self._handler(msg, meta)
         except asyncio.CancelledError:
             raise
+        except NotSettled:
+            return False
         except Exception:
             # Handlers report errors to the client themselves; this is a bug, not bad input.
             log.exception("%s: handler failed for request %s", self._name, meta.request_id)
+        return True
 
     async def _set_aside(self, record, error: str) -> None:
         log.warning("%s: invalid message at %s:%d:%d (%s); dead-lettered", self._name,
@@ -139,18 +164,16 @@ class GroupRunner(Generic[T]):
         except KafkaError:
             log.exception("%s: could not dead-letter %s:%d", self._name, record.topic, record.offset)
 
-    def _task_done(self, task: asyncio.Task, tp: TopicPartition, offset: int) -> None:
+    def _task_done(self, task: asyncio.Task, offsets: PartitionOffsets, offset: int) -> None:
         self._tasks.discard(task)
         if len(self._tasks) < self._max:
             self._capacity.set()
-        if not task.cancelled():
-            self._finished(tp, offset)
+        if not task.cancelled() and task.result():
+            self._finished(offsets, offset)
 
-    def _finished(self, tp: TopicPartition, offset: int) -> None:
-        offsets = self._offsets.get(tp)
-        if offsets is not None:  # None: partition revoked meanwhile
-            offsets.finish(offset)
-            self._dirty.set()
+    def _finished(self, offsets: PartitionOffsets, offset: int) -> None:
+        offsets.finish(offset)  # a tracker dropped at a revoke no longer counts
+        self._dirty.set()
 
     async def _commit_loop(self) -> None:
         while True:

@@ -121,6 +121,9 @@ class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
     prompt: Prompt
     sampling: Sampling
     created: float  # unix seconds, set by the gateway
+    # Unix seconds after which nobody waits for the answer: a stage that gets the request
+    # later answers with a timeout error and does no work. None: no deadline.
+    deadline: float | None = None
 
 
 class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request"):
@@ -130,6 +133,7 @@ class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request")
     sampling: Sampling  # max_tokens is always resolved here
     created: float
     images: list[ImageRef] = []  # in the order of their placeholder runs
+    deadline: float | None = None  # as in GenerateRequest
 
 
 class AbortRequest(Wire, frozen=True, kw_only=True, tag="abort_request"):
@@ -160,11 +164,14 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 class TokenDelta(Wire, frozen=True, kw_only=True, tag="token_delta"):
     """Tokens for one request. `seq` counts messages per request from 0; `source` names the
-    worker instance that produced them, so a reader can drop a redelivered duplicate stream."""
+    worker instance that produced them and `epoch` its claim on the request: a worker that
+    takes over a request from a dead one continues the stream with a higher epoch, at the
+    `seq` and token positions (`num_tokens`) where the stream stood (shared.sequence)."""
 
     request_id: str
     source: str
     seq: int
+    epoch: int = 0
     choices: list[ChoiceDelta]
     finished: bool = False
     usage: Usage | None = None  # set on the final message
@@ -183,6 +190,7 @@ class ErrorReply(Wire, frozen=True, kw_only=True, tag="error_reply"):
     source: str
     seq: int
     error: ErrorInfo
+    epoch: int = 0
 
 
 Reply = TokenDelta | ErrorReply

@@ -73,6 +73,12 @@ class UpstreamTimeout(SluiceError):
     code = "upstream_timeout"
 
 
+class DeadlineExceeded(UpstreamTimeout):
+    """The request's deadline passed: nobody waits for the answer any more."""
+
+    code = "deadline_exceeded"
+
+
 class InternalError(SluiceError):
     pass
 
@@ -86,7 +92,12 @@ class RemoteError(SluiceError):
         self.type = info.type
 
 
-def error_reply(exc: BaseException, *, request_id: str, source: str, seq: int) -> ErrorReply:
-    """SluiceError → ErrorReply; anything else is reported as an internal error."""
-    err = exc if isinstance(exc, SluiceError) else InternalError(f"internal error: {type(exc).__name__}")
-    return ErrorReply(request_id=request_id, source=source, seq=seq, error=err.info())
+def as_sluice_error(exc: BaseException) -> SluiceError:
+    """A SluiceError as is; anything else is reported as an internal error."""
+    return exc if isinstance(exc, SluiceError) else InternalError(f"internal error: {type(exc).__name__}")
+
+
+def error_reply(exc: BaseException, *, request_id: str, source: str, seq: int,
+                epoch: int = 0) -> ErrorReply:
+    return ErrorReply(request_id=request_id, source=source, seq=seq, epoch=epoch,
+                      error=as_sluice_error(exc).info())

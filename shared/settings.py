@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.env import SettingsError, env_int, env_opt, env_str
+from shared.env import SettingsError, env_float, env_int, env_opt, env_str
 from shared.vision import VisionSpec
 
 POOLS = ("cpu", "cuda", "ascend")
@@ -37,6 +37,16 @@ class KafkaSettings:
             max_message_bytes=env_int(env, "SLUICE_KAFKA_MAX_MESSAGE_BYTES", 8 << 20, minimum=1 << 20),
             replication_factor=env_int(env, "SLUICE_TOPIC_REPLICATION", 1, minimum=1),
         )
+
+
+def lease_seconds(env: Mapping[str, str]) -> float:
+    """SLUICE_LEASE_S: a worker silent for this long is presumed dead (workers renew their
+    leases and heartbeat every quarter of it; gateways stop admitting to its model when no
+    worker of it is live)."""
+    value = env_float(env, "SLUICE_LEASE_S", 4.0)
+    if not 0.4 <= value <= 300:
+        raise SettingsError(f"SLUICE_LEASE_S must be between 0.4 and 300 seconds, got {value}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

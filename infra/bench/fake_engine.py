@@ -201,7 +201,7 @@ class _Stamping:
 
 
 async def _registered(registry: WorkerRegistry, model: ModelSpec, worker_id: str,
-                      every_s: float = 2.0) -> None:
+                      every_s: float = 1.0) -> None:
     """Keep this source visible to the gateways' admission check, like a worker."""
     while True:
         try:
@@ -223,7 +223,7 @@ class FakeEngineService:
         s = self.settings
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(redis_client(s.redis))
-            registry = WorkerRegistry(redis, s.topics.prefix)
+            registry = WorkerRegistry(redis, s.topics.prefix, ttl_s=4.0)
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
             self._publisher = Publisher(producer)
             consumer = await stack.enter_async_context(kafka_consumer(
@@ -257,7 +257,8 @@ class FakeEngineService:
             self.samples.add("gateway_to_worker_ms", (poll - req.created) * 1000)
         stream = ReplyStream(req.request_id, self.settings.worker_id, len(req.prompt_token_ids),
                              req.sampling.n)
-        outputs = self._ticker.generate(req.sampling.max_tokens or 16, req.sampling.n)
+        outputs = ((out, None) async for out in
+                   self._ticker.generate(req.sampling.max_tokens or 16, req.sampling.n))
         last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
                           self.settings.coalesce_s)
         if last is not None:

@@ -93,7 +93,7 @@ def vllm_serve(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
            "--disable-uvicorn-access-log"]  # the gateway keeps no access log either
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env={**os.environ, **engine.env()}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, process_group=0)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log, timeout=600)

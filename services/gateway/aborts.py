@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from shared.bus import Meta, Publisher
-from shared.cache import AbortMarks
+from shared.claims import AbortMarks
 from shared.contracts import AbortRequest
 
 from services.gateway.metrics import GatewayMetrics
@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 class Aborter:
     def __init__(self, publisher: Publisher, marks: AbortMarks, topic: str,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, keep_ms: int) -> None:
         self._publisher = publisher
         self._marks = marks
+        self._keep_ms = keep_ms  # as long as the request may live
         self._topic = topic
         self._metrics = metrics
         self._tasks: set[asyncio.Task] = set()
@@ -32,7 +33,7 @@ class Aborter:
     async def _publish(self, request_id: str, reason: str) -> None:
         try:
             # Mark first: a request still on its way to a worker is skipped there.
-            await self._marks.mark(request_id)
+            await asyncio.wait_for(self._marks.mark(request_id, self._keep_ms), 1.0)
         except Exception as exc:
             log.warning("could not mark the abort of %s in Redis: %s", request_id, exc)
         try:

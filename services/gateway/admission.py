@@ -17,6 +17,8 @@ from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
+REGISTRY_WAIT_S = 1.0  # longest wait for the worker registry before admitting anyway
+
 
 class Admission:
     def __init__(self, max_in_flight: int, workers: WorkerRegistry, metrics: GatewayMetrics,
@@ -31,21 +33,25 @@ class Admission:
         self.in_flight = 0
         self.closing = False
 
-    async def workers_alive(self, route: str) -> bool:
+    async def model_state(self, route: str) -> str:
+        """"ready" (a live worker), "unavailable" (none), or "unknown" (Redis unreachable)."""
         # Only positive answers are cached: a worker that just started is seen at once.
         now = time.monotonic()
         if self._live_until.get(route, 0.0) > now:
-            return True
+            return "ready"
         try:
-            live = await self._workers.live(route)
-        except RedisError as exc:
-            # Liveness is unknown without Redis; the Kafka path still works, so let it through.
+            live = await asyncio.wait_for(self._workers.live(route), REGISTRY_WAIT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("worker registry unavailable: %s", exc)
-            return True
+            return "unknown"
         if live > 0:
             self._live_until[route] = now + self._live_cache_s
-            return True
-        return False
+            return "ready"
+        return "unavailable"
+
+    async def workers_alive(self, route: str) -> bool:
+        # Liveness is unknown without Redis; the Kafka path still works, so let it through.
+        return await self.model_state(route) != "unavailable"
 
     @asynccontextmanager
     async def admit(self, route: str) -> AsyncIterator[None]:

@@ -200,19 +200,20 @@ def _chat_prompt(req: ChatCompletionRequest, spec: ModelSpec,
 
 
 def chat_to_generate(req: ChatCompletionRequest, request_id: str, created: float, max_n: int,
-                     spec: ModelSpec, max_images: int) -> GenerateRequest:
+                     spec: ModelSpec, max_images: int, deadline: float | None = None) -> GenerateRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     max_tokens = req.max_completion_tokens or req.max_tokens
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return GenerateRequest(
-        request_id=request_id, model=req.model, created=created,
+        request_id=request_id, model=req.model, created=created, deadline=deadline,
         prompt=_chat_prompt(req, spec, max_images), sampling=req.sampling(max_tokens, logprobs, max_n),
     )
 
 
 def completion_to_generate(req: CompletionRequest, request_id: str, created: float, max_n: int,
-                           spec: ModelSpec, max_images: int) -> GenerateRequest:
+                           spec: ModelSpec, max_images: int,
+                           deadline: float | None = None) -> GenerateRequest:
     if req.echo:
         raise InvalidRequest("echo is not supported", param="echo")
     if req.suffix:
@@ -226,6 +227,6 @@ def completion_to_generate(req: CompletionRequest, request_id: str, created: flo
     if not prompt:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     return GenerateRequest(
-        request_id=request_id, model=req.model, created=created, prompt=TextPrompt(text=prompt),
-        sampling=req.sampling(req.max_tokens, req.logprobs, max_n),
+        request_id=request_id, model=req.model, created=created, deadline=deadline,
+        prompt=TextPrompt(text=prompt), sampling=req.sampling(req.max_tokens, req.logprobs, max_n),
     )

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from shared.bus import Publisher, assign_from_end, ensure_topics, kafka_consumer, kafka_producer
-from shared.cache import AbortMarks, WorkerRegistry, redis_client
+from shared.cache import WorkerRegistry, redis_client
+from shared.claims import AbortMarks
 from shared.settings import TopicSpec
 
 from services.gateway.aborts import Aborter
@@ -38,7 +39,8 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with redis_client(settings.redis) as redis:
         app[REDIS] = redis
-        app[ADMISSION] = Admission(settings.max_in_flight, WorkerRegistry(redis, settings.topics.prefix),
+        app[ADMISSION] = Admission(settings.max_in_flight,
+                                   WorkerRegistry(redis, settings.topics.prefix, settings.lease_s),
                                    app[METRICS])
         yield
 
@@ -69,7 +71,8 @@ async def _replies(app: web.Application) -> AsyncIterator[None]:
 async def _aborts(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     aborter = app[ABORTER] = Aborter(app[PUBLISHER], AbortMarks(app[REDIS], settings.topics.prefix),
-                                     settings.topics.aborts, app[METRICS])
+                                     settings.topics.aborts, app[METRICS],
+                                     keep_ms=int(settings.request_timeout_s * 1000) + 60_000)
     yield
     await aborter.close()  # before the producer closes: cancelled streams' aborts go out
 

@@ -41,7 +41,7 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
         try:
             await _publish(app, gen)
             started = time.monotonic()
-            batches = collector.batches(settings.idle_timeout_s)
+            batches = collector.batches(settings.idle_timeout_s, gen.wire.deadline)
             # Errors before the first token (bad prompt, context too long) keep their status code.
             first = await anext(batches)
             metrics.ttft.observe(time.monotonic() - started)

@@ -23,8 +23,11 @@ class GatewayMetrics:
         self.replies = Counter("sluice_gateway_reply_messages", "Reply messages routed", registry=r)
         self.duplicates = Counter("sluice_gateway_reply_duplicates",
                                   "Reply messages dropped as duplicates", registry=r)
-        self.gaps = Counter("sluice_gateway_reply_gaps", "Reply streams with missing messages",
+        self.gaps = Counter("sluice_gateway_reply_gaps",
+                            "Reply streams failed: missing messages, or a takeover out of place",
                             registry=r)
+        self.takeovers = Counter("sluice_gateway_stream_takeovers",
+                                 "Streams continued by another worker after a failover", registry=r)
         self.orphans = Counter("sluice_gateway_reply_orphans",
                                "Reply messages for requests no longer waiting", registry=r)
         self.aborts = Counter("sluice_gateway_aborts_published", "Abort events published",

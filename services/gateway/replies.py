@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer
@@ -16,7 +17,9 @@ from aiokafka.errors import KafkaError
 
 from shared.bus import Publisher
 from shared.contracts import Codec, DecodeErrors, ErrorReply, Reply, TokenDelta
-from shared.errors import InternalError, RemoteError, SluiceError, Unavailable, UpstreamTimeout
+from shared.errors import (DeadlineExceeded, InternalError, RemoteError, SluiceError, Unavailable,
+                           UpstreamTimeout)
+from shared.sequence import ReplySequencer, Verdict
 
 from services.gateway.metrics import GatewayMetrics
 
@@ -25,15 +28,16 @@ log = logging.getLogger(__name__)
 
 class Collector:
     """One request's inbox. Messages pile up in a list and wake the reader, which takes
-    everything that arrived at once: one wake-up per batch, not one queue item per token."""
+    everything that arrived at once: one wake-up per batch, not one queue item per token.
+    Which messages belong to the stream (and in what order) is shared.sequence's call: a
+    worker that took the request over continues it only where the stream stands."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self._items: list[TokenDelta] = []
         self._wake = asyncio.Event()
         self._error: SluiceError | None = None
-        self._source: str | None = None
-        self._next_seq = 0
+        self._sequence = ReplySequencer()
         self.finished = False
 
     @property
@@ -43,17 +47,22 @@ class Collector:
     def deliver(self, msg: Reply) -> None:
         if self.over:
             return
-        if self._source is None:
-            self._source = msg.source
-        elif msg.source != self._source or msg.seq < self._next_seq:
-            # A redelivered request produced by another worker, or a resent message.
+        verdict = self._sequence.check(msg)
+        if verdict in (Verdict.DUPLICATE, Verdict.STALE):
+            # A resent message, a redelivered request run twice, or a worker taken over.
             self._metrics.duplicates.inc()
             return
-        if msg.seq > self._next_seq:
+        if verdict is Verdict.GAP:
             self._metrics.gaps.inc()
-            self.fail(InternalError(f"{msg.seq - self._next_seq} reply message(s) were lost"))
+            self.fail(InternalError(f"{msg.seq - self._sequence.next_seq} reply message(s) were lost"))
             return
-        self._next_seq += 1
+        if verdict is Verdict.DIVERGED:
+            self._metrics.gaps.inc()
+            self.fail(InternalError("two workers disagree about this stream after a failover"))
+            return
+        if msg.epoch > self._sequence.epoch and self._sequence.started:
+            self._metrics.takeovers.inc()
+        self._sequence.accept(msg)
         if isinstance(msg, ErrorReply):
             self.fail(RemoteError(msg.error))
             return
@@ -66,13 +75,20 @@ class Collector:
             self._error = exc
             self._wake.set()
 
-    async def batches(self, idle_timeout_s: float) -> AsyncIterator[list[TokenDelta]]:
-        """Yield batches of deltas until the final one; raise the stream's error, if any."""
+    async def batches(self, idle_timeout_s: float,
+                      deadline: float | None = None) -> AsyncIterator[list[TokenDelta]]:
+        """Yield batches of deltas until the final one; raise the stream's error, if any.
+        `deadline` (unix seconds) bounds the whole wait."""
         while True:
             if not self._items and self._error is None:
+                wait = idle_timeout_s
+                if deadline is not None:
+                    wait = min(wait, deadline - time.time())
                 try:
-                    await asyncio.wait_for(self._wake.wait(), idle_timeout_s)
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0))
                 except TimeoutError:
+                    if deadline is not None and time.time() >= deadline:
+                        raise DeadlineExceeded("the request's deadline passed") from None
                     raise UpstreamTimeout(
                         f"no reply from the model for {idle_timeout_s:g} s") from None
             self._wake.clear()

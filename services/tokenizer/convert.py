@@ -36,4 +36,5 @@ def to_tokenized(req: GenerateRequest, ids: list[int], spec: ModelSpec) -> Token
         sampling=msgspec.structs.replace(req.sampling, max_tokens=max_tokens),
         created=req.created,
         images=req.prompt.images() if isinstance(req.prompt, PartsChatPrompt) else [],
+        deadline=req.deadline,
     )

@@ -10,13 +10,13 @@ from contextlib import AsyncExitStack
 
 from redis.exceptions import RedisError
 
-from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer
+from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer, transient
 from shared.cache import TokenCache, content_key, redis_client
-from shared.consumer import GroupRunner
+from shared.consumer import GroupRunner, NotSettled
 from shared.contracts import Codec, GenerateRequest
 from shared.errors import ModelNotFound
 from shared.lifecycle import freeze_heap, ready_line
-from shared.stage import reply_error, run_group
+from shared.stage import check_deadline, reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
 
@@ -69,6 +69,7 @@ class TokenizerService:
     async def handle(self, req: GenerateRequest, meta: Meta) -> None:
         out_meta = Meta(meta.request_id, meta.reply_to, child_traceparent(meta.traceparent))
         try:
+            check_deadline(req.deadline)
             spec = self._spec(req.model)
             ids = await self._token_ids(spec, req)
             tokenized = to_tokenized(req, ids, spec)
@@ -78,6 +79,10 @@ class TokenizerService:
             raise
         except Exception as exc:
             self.metrics.requests.labels("error").inc()
+            if transient(exc):
+                # Not forwarded (the broker is unavailable): unsettled, so it is redelivered.
+                log.warning("request %s was not forwarded (%s)", req.request_id, exc)
+                raise NotSettled(req.request_id) from exc
             await reply_error(self._publisher, out_meta, exc, request_id=req.request_id,
                               source=self.settings.instance_id)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
@@ -11,23 +10,6 @@ from aiokafka import AIOKafkaConsumer
 from shared.contracts import AbortRequest, Codec, DecodeErrors
 
 log = logging.getLogger(__name__)
-
-
-class RecentIds:
-    """A bounded set of request ids, oldest evicted first."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._capacity = capacity
-
-    def add(self, request_id: str) -> None:
-        self._ids[request_id] = None
-        self._ids.move_to_end(request_id)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._ids
 
 
 async def listen_for_aborts(consumer: AIOKafkaConsumer, on_abort: Callable[[str], Awaitable[None]],

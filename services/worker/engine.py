@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -40,6 +41,13 @@ def client_error_types() -> tuple[type[Exception], ...]:
     return (ValueError, VLLMClientError)
 
 
+def engine_dead_error() -> type[Exception]:
+    """What vLLM raises once its engine process is gone (a request cannot finish here)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return EngineDeadError
+
+
 def tame_engine(nice: int, cpus: str) -> None:
     """Keep the engine's processes (engine core, model executor) off the latency path; see
     services.worker.placement."""
@@ -52,6 +60,25 @@ def tame_engine(nice: int, cpus: str) -> None:
         rest = placement.keep_off([psutil.Process()], cores)  # this front end: Kafka, pumping
         log.info("engine processes confined to CPUs %s; the worker's own process to %s",
                  sorted(cores), sorted(rest) if rest else "any CPU")
+
+
+async def warm_up(engine: AsyncLLM) -> float:
+    """One short generation with logprobs before the worker takes work: on a fresh vLLM CPU
+    engine the first request that asks for logprobs took about 5 s and the first batch
+    about 0.5 s (measured); a request taken over by a fresh worker, or the first one after
+    a restart, would otherwise pay for it. Returns the seconds it took."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    started = time.perf_counter()
+    params = SamplingParams(max_tokens=2, temperature=0, logprobs=1,
+                            output_kind=RequestOutputKind.DELTA)
+    # A text prompt (vLLM tokenizes it): arbitrary token ids could be a vision model's
+    # image placeholders.
+    async for _ in engine.generate({"prompt": "Warm up: once upon a time"}, params,
+                                   request_id="sluice-warm-up"):
+        pass
+    return time.perf_counter() - started
 
 
 @asynccontextmanager
@@ -76,6 +103,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[AsyncLLM]:
     engine = AsyncLLM.from_engine_args(args)
     try:
         tame_engine(e.nice, e.cpus)
+        log.info("engine warmed up in %.2f s", await warm_up(engine))
         yield engine
     finally:
         engine.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from shared.contracts import ImageRef, TokenizedRequest
@@ -36,16 +37,17 @@ def collapse_images(ids: list[int], image_token: int, refs: list[ImageRef]) -> l
 
 
 async def engine_prompt(req: TokenizedRequest, vision: VisionSpec | None,
-                        store: ImageStore) -> dict[str, Any]:
-    """A vLLM TokensPrompt (a TypedDict) for the request."""
+                        store: ImageStore, prefix: Sequence[int] = ()) -> dict[str, Any]:
+    """A vLLM TokensPrompt (a TypedDict) for the request; `prefix` (tokens generated before a
+    takeover) follows the prompt."""
     if not req.images:
-        return {"prompt_token_ids": req.prompt_token_ids}
+        return {"prompt_token_ids": [*req.prompt_token_ids, *prefix]}
     if vision is None:
         raise InvalidRequest(f"The model `{req.model}` does not accept image input.", param="messages")
     ids = collapse_images(req.prompt_token_ids, vision.image_token_id, req.images)
     images = await asyncio.gather(*(_load(store, ref) for ref in req.images))
     return {
-        "prompt_token_ids": ids,
+        "prompt_token_ids": [*ids, *prefix],
         "multi_modal_data": {"image": list(images)},
         # The content key names the image: vLLM's processor cache reuses its work for a repeat.
         "multi_modal_uuids": {"image": [ref.key for ref in req.images]},

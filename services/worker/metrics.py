@@ -18,6 +18,18 @@ class WorkerMetrics:
                               registry=r)
         self.messages = Counter("sluice_worker_reply_messages", "TokenDelta messages sent", registry=r)
         self.in_flight = Gauge("sluice_worker_in_flight", "Requests in the engine", registry=r)
+        self.admissions = Counter("sluice_worker_engine_admissions",
+                                  "Engine requests started (fresh, or continuing a takeover)",
+                                  ["kind"], registry=r)
+        self.takeovers = Counter("sluice_worker_takeovers",
+                                 "Requests continued from another worker's stream", registry=r)
+        self.fenced = Counter("sluice_worker_fenced",
+                              "Requests stopped here: another worker took them over", registry=r)
+        self.handoffs = Counter("sluice_worker_handoffs",
+                                "Requests released for another worker to continue", registry=r)
+        self.expired = Counter("sluice_worker_expired",
+                               "Requests answered with a timeout: their deadline had passed",
+                               registry=r)
         self.reply_ack = Histogram("sluice_worker_reply_ack_seconds",
                                    "From queuing a reply to the broker's acknowledgement",
                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),

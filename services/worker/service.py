@@ -1,110 +1,300 @@
-"""The worker: consume TokenizedRequests for one pool, generate with vLLM, stream deltas back."""
+"""The worker: consume TokenizedRequests for one model, generate with vLLM, stream deltas back.
+
+Every request is claimed in Redis before it runs (shared.claims), and the worker keeps one
+record of it (services.worker.ownership). A redelivered request whose claim is live is not
+run again; one whose owner died (its lease lapsed, or it was released at shutdown) is
+taken over and continued from the reply log (services.worker.run). The consumer-group
+handler returns only when its request is settled, so an offset is committed only past
+requests whose outcome is stored, by this worker or by the one that ran them.
+
+Besides the group's partitions, each worker sweeps its model's lapsed leases, so a dead
+worker's running requests are taken over within about SLUICE_LEASE_S, before Kafka moves
+its partitions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from collections.abc import AsyncIterator
-
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from shared.bus import Meta, Publisher, assign_from_end, ensure_topics, kafka_consumer, kafka_producer
-from shared.cache import AbortMarks, WorkerRegistry, redis_client
-from shared.consumer import GroupRunner
-from shared.contracts import Codec, TokenDelta, TokenizedRequest
-from shared.errors import InvalidRequest, SluiceError, Unavailable, error_reply
+from shared.bus import (Meta, Publisher, RecordLoc, assign_from_end, ensure_topics, kafka_consumer,
+                        kafka_producer)
+from shared.cache import WorkerRegistry, redis_client
+from shared.claims import Claim, Claims, Standing
+from shared.consumer import GroupRunner, NotSettled
+from shared.contracts import Codec, DecodeErrors, TokenizedRequest
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
+from shared.replylog import LogReader
 from shared.telemetry import child_traceparent, metrics_server
 
-from services.worker.aborts import RecentIds, listen_for_aborts
-from services.worker.engine import client_error_types, open_engine
-from services.worker.images import engine_prompt
+from services.worker.aborts import listen_for_aborts
+from services.worker.engine import client_error_types, engine_dead_error, open_engine
 from services.worker.metrics import WorkerMetrics
-from services.worker.sampling import to_sampling_params
+from services.worker.ownership import Outcome, Owned, Ownership
+from services.worker.run import Mode, Runner, RunnerDeps, expired, keep_ms
 from services.worker.settings import WorkerSettings
-from services.worker.stream import ReplyStream, pump
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
 
+REDIS_WAIT_S = 1.0  # longest wait for a claim before the worker goes on without Redis
+
+
+class EngineDied(RuntimeError):
+    """The engine died: the worker handed its requests over and exits non-zero."""
+
 
 class WorkerService:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics()
-        self._handling: set[str] = set()  # requests this worker is answering
-        self._active: set[str] = set()  # the subset registered with the engine
-        self._aborted = RecentIds()
+        # Unique per process, even when WORKER_ID is stable across restarts: a restarted
+        # worker must not mistake its predecessor's claims for its own.
+        self.owner = f"{settings.worker_id}/{secrets.token_hex(4)}"
+        self._stopping = False
+        self._engine_dead = asyncio.Event()
+        self._codec = Codec(TokenizedRequest)
+        self._takeovers: set[asyncio.Task] = set()
+        self._claims: Claims
+        self._ownership: Ownership
+        self._runner: Runner
+        self._replies: LogReader
         self._engine: AsyncLLM
         self._publisher: Publisher
-        self._marks: AbortMarks
-        self._images: ImageStore
-        self._client_errors: tuple[type[Exception], ...] = (ValueError,)
+
+    @property
+    def _poll_s(self) -> float:
+        return self.settings.lease_s / 4
 
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(redis_client(s.redis))
-            self._marks = AbortMarks(redis, s.topics.prefix)
-            self._images = ImageStore(redis, s.topics.prefix)  # reads pixels only
-            registry = WorkerRegistry(redis, s.topics.prefix)
+            self._claims = Claims(redis, s.topics.prefix, s.model.route, self.owner, s.lease_s)
+            registry = WorkerRegistry(redis, s.topics.prefix, s.lease_s)
             await ensure_topics(s.kafka, s.topics.core((s.model,)))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
             self._publisher = Publisher(producer)
             # The engine starts before we join the group, so no partition waits on a cold engine.
             self._engine = await stack.enter_async_context(open_engine(s))
-            self._client_errors = client_error_types()
             port = await stack.enter_async_context(
                 metrics_server(self.metrics.registry, "127.0.0.1", s.metrics_port))
+            log_consumer = await stack.enter_async_context(
+                kafka_consumer(s.kafka, client_id=f"{s.worker_id}-log", group_id=None))
+            self._replies = LogReader(log_consumer)
             abort_consumer = await stack.enter_async_context(
                 kafka_consumer(s.kafka, client_id=f"{s.worker_id}-aborts", group_id=None))
             await assign_from_end(abort_consumer, s.topics.aborts_spec)
             consumer = await stack.enter_async_context(kafka_consumer(
                 s.kafka, client_id=s.worker_id, group_id=s.group_id, auto_offset_reset="earliest",
-                max_poll_interval_ms=600_000))
+                max_poll_interval_ms=600_000, session_timeout_ms=s.session_timeout_ms,
+                heartbeat_interval_ms=max(s.session_timeout_ms // 3, 100)))
+            self._ownership = Ownership(self._claims, s.lease_s, self._abort_in_engine)
+            self._runner = Runner(RunnerDeps(
+                settings=s, engine=self._engine, publisher=self._publisher, claims=self._claims,
+                ownership=self._ownership, replies=self._replies,
+                images=ImageStore(redis, s.topics.prefix),  # reads pixels only
+                metrics=self.metrics, client_errors=client_error_types(),
+                engine_dead=engine_dead_error(), on_engine_dead=self._engine_dead.set))
             runner = GroupRunner(
-                consumer, s.topics.infer(s.model), Codec(TokenizedRequest), self.handle,
-                self._publisher, s.topics.deadletter, name="worker", max_in_flight=s.max_in_flight,
+                consumer, s.topics.infer(s.model), self._codec, self.settle, self._publisher,
+                s.topics.deadletter, name="worker", max_in_flight=s.max_in_flight,
                 on_dead_letter=self.metrics.dead_letters.inc)
             runner.subscribe()
-            await registry.heartbeat(s.model.route, s.worker_id)  # visible to gateways before "ready"
-            beat = asyncio.create_task(self._heartbeat(registry), name="worker-heartbeat")
+            await _quietly(registry.heartbeat(s.model.route, s.worker_id))  # seen before "ready"
+            beat = asyncio.create_task(self._beat(registry), name="worker-beat")
+            reaper = asyncio.create_task(self._reap(), name="worker-reaper")
             consume = asyncio.create_task(runner.run(), name="worker-consume")
             aborts = asyncio.create_task(
-                listen_for_aborts(abort_consumer, self.abort, self._set_aside), name="worker-aborts")
+                listen_for_aborts(abort_consumer, self._abort, self._set_aside), name="worker-aborts")
             freeze_heap()
-            log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port}"))
+            log.info(ready_line("worker", f"pool={s.pool} model={s.model.name} metrics_port={port} "
+                                          f"owner={self.owner}"))
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({beat, consume, aborts, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            # Stop taking work and leave the registry, finish what runs (aborts still
-            # arrive meanwhile), then close in reverse order.
-            runner.stop()
-            beat.cancel()
-            await _quietly(registry.remove(s.model.route, s.worker_id))
-            await runner.drain(s.drain_s)  # waits for the consume loop to exit first
-            for task in (consume, aborts, stopped):
+            dead = asyncio.create_task(self._engine_dead.wait())
+            await asyncio.wait({beat, reaper, consume, aborts, stopped, dead},
+                               return_when=asyncio.FIRST_COMPLETED)
+            await self._shut_down(runner, registry, consume, reaper)
+            for task in (beat, consume, reaper, aborts, stopped, dead):
                 task.cancel()
-            results = await asyncio.gather(beat, consume, aborts, return_exceptions=True)
+            results = await asyncio.gather(beat, consume, reaper, aborts, return_exceptions=True)
+            if self._engine_dead.is_set():
+                raise EngineDied("the engine died; its requests were handed over")
             if not stop.is_set():
                 failed = [r for r in results if isinstance(r, BaseException)
                           and not isinstance(r, asyncio.CancelledError)]
                 raise RuntimeError(f"a worker loop died: {failed!r}")
 
-    async def _heartbeat(self, registry: WorkerRegistry) -> None:
+    async def _shut_down(self, runner: GroupRunner, registry: WorkerRegistry,
+                         consume: asyncio.Task, reaper: asyncio.Task) -> None:
+        """Stop taking work and advertising; finish what runs within SLUICE_DRAIN_S (at once if
+        the engine died), hand the rest over; leases and aborts keep flowing until then."""
+        self._stopping = True
+        runner.stop()
+        reaper.cancel()
+        await _quietly(registry.remove(self.settings.model.route, self.settings.worker_id))
+        # Our partitions move to the other workers at once; the requests running here stay
+        # claimed by us, so their new owners wait for them rather than run them again.
+        await _quietly(runner.leave())
+        drain_s = 0 if self._engine_dead.is_set() else self.settings.drain_s
+        if not await self._ownership.settled_within(drain_s):
+            count = self._ownership.hand_over_all()
+            log.warning("handing %d running requests over to other workers", count)
+            await self._ownership.settled_within(60)
+        await runner.drain(5)  # handlers of handed-over requests leave their offsets uncommitted
+
+    # -- the group handler ---------------------------------------------------------------
+    async def settle(self, req: TokenizedRequest, meta: Meta) -> None:
+        """Return once the request is settled (its outcome stored, here or by whoever ran it);
+        raise NotSettled when it was handed over and its offset must stay uncommitted."""
+        rid = req.request_id
+        meta = Meta(rid, meta.reply_to, child_traceparent(meta.traceparent), meta.origin)
         while True:
+            owned = self._ownership.get(rid)
+            if owned is not None:  # it runs here already (a redelivered copy): wait for it
+                outcome = await asyncio.shield(owned.done)
+            else:
+                outcome = await self._handle(req, meta)
+            if outcome is Outcome.SETTLED:
+                return
+            if self._stopping:
+                raise NotSettled(rid)
+            if outcome is Outcome.HANDED_OVER:
+                await asyncio.sleep(self._poll_s)  # e.g. its error reply could not be stored
+
+    async def _handle(self, req: TokenizedRequest, meta: Meta) -> Outcome:
+        owned = self._ownership.open(req.request_id)
+        outcome = Outcome.HANDED_OVER
+        try:
+            outcome = await self._claim_and_run(owned, req, meta)
+        finally:
+            self._ownership.close(owned, outcome)
+        return outcome
+
+    async def _claim_and_run(self, owned: Owned, req: TokenizedRequest, meta: Meta) -> Outcome:
+        if expired(req):
+            return await self._runner.expired(owned, req, meta)
+        loc = meta.origin
+        keep = keep_ms(req)
+        while True:
+            asked_at = time.monotonic()
+            claim = await self._acquire(req.request_id, loc, keep)
+            if claim is None:  # without Redis, the reply log decides
+                self._ownership.claimed(owned, 0, loc, keep, asked_at)
+                return await self._runner.run(owned, req, meta, Mode.UNKNOWN)
+            if claim.standing is Standing.DONE:
+                return Outcome.SETTLED
+            if claim.standing is not Standing.ACQUIRED:
+                # Another worker's live lease: wait until it is done, or lapses (then take over).
+                if self._stopping:
+                    return Outcome.HANDED_OVER
+                await asyncio.sleep(self._poll_s)
+                continue
+            self._ownership.claimed(owned, claim.epoch, loc, keep, asked_at)
+            owned.aborted = owned.aborted or claim.aborted
+            return await self._runner.run(owned, req, meta,
+                                          Mode.TAKEOVER if claim.takeover else Mode.FRESH)
+
+    async def _acquire(self, rid: str, loc: RecordLoc | None, keep: int) -> Claim | None:
+        try:
+            return await asyncio.wait_for(self._claims.acquire(rid, loc, keep), REDIS_WAIT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("request %s: claims unavailable (%s); the reply log decides", rid, exc)
+            return None
+
+    # -- takeover of lapsed leases -------------------------------------------------------
+    async def _reap(self) -> None:
+        """Take over this model's requests whose owner stopped renewing its lease."""
+        while True:
+            await asyncio.sleep(self._poll_s)
+            if len(self._ownership) >= self.settings.max_in_flight:
+                continue
             try:
-                await registry.heartbeat(self.settings.model.route, self.settings.worker_id)
-            except Exception as exc:  # Redis blip: the next beat retries
-                log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.settings.heartbeat_s)
+                lapsed = await asyncio.wait_for(self._claims.lapsed(), REDIS_WAIT_S)
+            except (RedisError, OSError, TimeoutError):
+                continue
+            for rid in lapsed:
+                if rid not in self._ownership:
+                    task = asyncio.create_task(self._take_over(rid), name=f"takeover-{rid}")
+                    self._takeovers.add(task)
+                    task.add_done_callback(self._takeovers.discard)
+
+    async def _take_over(self, rid: str) -> None:
+        owned = self._ownership.open(rid)
+        outcome = Outcome.HANDED_OVER
+        try:
+            asked_at = time.monotonic()
+            claim = await self._acquire(rid, None, _REAP_KEEP_MS)
+            if claim is None or claim.standing is not Standing.ACQUIRED:
+                outcome = Outcome.SETTLED if claim and claim.standing is Standing.DONE else Outcome.LOST
+                return
+            found = await self._request_at(claim.loc)
+            if found is None:  # the record is gone (or never was): nothing can be done with it
+                log.warning("request %s: its lease lapsed but its record %s is gone; dropped",
+                            rid, claim.loc)
+                await _quietly(self._claims.finish(rid, _REAP_KEEP_MS))
+                outcome = Outcome.SETTLED
+                return
+            req, meta = found
+            self._ownership.claimed(owned, claim.epoch, claim.loc, keep_ms(req), asked_at)
+            owned.aborted = claim.aborted
+            meta = Meta(rid, meta.reply_to, child_traceparent(meta.traceparent), meta.origin)
+            outcome = await self._runner.run(owned, req, meta, Mode.TAKEOVER)
+        except Exception:
+            log.exception("takeover of %s failed", rid)
+        finally:
+            self._ownership.close(owned, outcome)
+
+    async def _request_at(self, loc: RecordLoc | None) -> tuple[TokenizedRequest, Meta] | None:
+        if loc is None:
+            return None
+        try:
+            record = await self._replies.record(loc.topic, loc.partition, loc.offset)
+        except KafkaError as exc:
+            log.warning("could not read %s: %s", loc, exc)
+            return None
+        if record is None:
+            return None
+        try:
+            return self._codec.decode(record.value), Meta.of_record(record)
+        except (*DecodeErrors, ValueError):
+            return None
+
+    # -- liveness ------------------------------------------------------------------------
+    async def _beat(self, registry: WorkerRegistry) -> None:
+        """Advertise this worker, renew its leases, and watch its engine."""
+        while True:
+            if not self._stopping:
+                try:
+                    await asyncio.wait_for(
+                        registry.heartbeat(self.settings.model.route, self.settings.worker_id),
+                        REDIS_WAIT_S)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("heartbeat failed: %s", exc)
+            await self._ownership.renew()
+            if self._engine.errored and not self._engine_dead.is_set():
+                log.error("the engine is dead")
+                self._engine_dead.set()
+            await asyncio.sleep(self._poll_s)
+
+    # -- aborts --------------------------------------------------------------------------
+    async def _abort(self, request_id: str) -> None:
+        if await self._ownership.abort(request_id):
+            self.metrics.aborts.inc()
+            log.info("aborting %s on the client's request", request_id)
+
+    async def _abort_in_engine(self, engine_id: str) -> None:
+        await self._engine.abort(engine_id)
 
     async def _set_aside(self, record, error: str) -> None:
         self.metrics.dead_letters.inc()
@@ -114,109 +304,15 @@ class WorkerService:
         except KafkaError:
             log.exception("could not dead-letter an abort message; dropped it")
 
-    async def abort(self, request_id: str) -> None:
-        self._aborted.add(request_id)  # also covers a request vLLM has not registered yet
-        if request_id in self._active:
-            await self._engine.abort(request_id)
-            self.metrics.aborts.inc()
-            log.info("aborted %s on the client's request", request_id)
 
-    async def _abortable(self, rid: str, outputs: AsyncIterator) -> AsyncIterator:
-        """Pass the engine's outputs through; an abort that raced the request's registration
-        in the engine (and so was a no-op there) is applied once the request is running."""
-        applied = False
-        async for out in outputs:
-            yield out
-            if not applied and not out.finished and rid in self._aborted:
-                applied = True
-                await self._engine.abort(rid)
-
-    async def handle(self, req: TokenizedRequest, meta: Meta) -> None:
-        rid = req.request_id
-        if rid in self._handling:  # checked and claimed before any await
-            log.warning("request %s delivered twice while running; ignoring the copy", rid)
-            return
-        self._handling.add(rid)
-        try:
-            await self._handle(req, Meta(rid, meta.reply_to, child_traceparent(meta.traceparent)))
-        finally:
-            self._handling.discard(rid)
-
-    async def _handle(self, req: TokenizedRequest, meta: Meta) -> None:
-        rid = req.request_id
-        stream = ReplyStream(rid, self.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
-                             req.sampling.logprobs or 0)
-        marked = await self._marked(rid)  # an abort may also arrive during this await
-        if marked or rid in self._aborted:
-            # The client left before the request got here: answer without generating.
-            self.metrics.aborts.inc()
-            stream.finish("abort")
-            await self._send(meta, stream.take())
-            return
-        self._active.add(rid)
-        self.metrics.in_flight.inc()
-        try:
-            prompt = await engine_prompt(req, self.settings.model.vision, self._images)
-            outputs = self._abortable(rid, self._engine.generate(
-                prompt, to_sampling_params(req.sampling), request_id=rid))
-            last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
-                              self.settings.coalesce_ms / 1000)
-            if last is not None:
-                await last  # stored in Kafka before the offset may be committed
-            self._count(stream)
-        except asyncio.CancelledError:
-            # Shutdown deadline passed: tell the client rather than leave it waiting.
-            await self._send_error(meta, stream, Unavailable("the worker shut down mid-request"))
-            raise
-        except Exception as exc:
-            if isinstance(exc, SluiceError):
-                pass
-            elif isinstance(exc, RedisError):
-                exc = Unavailable(f"the image store is unavailable: {exc}", retry_after=2)
-            elif isinstance(exc, self._client_errors):  # vLLM rejected a parameter combination
-                exc = InvalidRequest(str(exc))
-            else:
-                log.exception("generation of %s failed", rid)
-            await self._send_error(meta, stream, exc)
-        finally:
-            self._active.discard(rid)
-            self.metrics.in_flight.dec()
-
-    async def _marked(self, rid: str) -> bool:
-        try:
-            return await self._marks.is_marked(rid)
-        except RedisError as exc:  # without Redis, only Kafka abort events stop requests
-            log.warning("abort marks unavailable: %s", exc)
-            return False
-
-    def _count(self, stream: ReplyStream) -> None:
-        self.metrics.tokens.inc(stream.completion_tokens)
-        self.metrics.requests.labels("ok").inc()
-
-    async def _send(self, meta: Meta, msg: TokenDelta) -> asyncio.Future | None:
-        self.metrics.messages.inc()
-        queued = time.perf_counter()
-        fut = await self._publisher.reply(meta, msg)
-        if fut is not None:
-            fut.add_done_callback(lambda _: self.metrics.reply_ack.observe(time.perf_counter() - queued))
-        return fut
-
-    async def _send_error(self, meta: Meta, stream: ReplyStream, exc: BaseException) -> None:
-        self.metrics.requests.labels("error").inc()
-        reply = error_reply(exc, request_id=stream.request_id, source=stream.source, seq=stream.seq)
-        try:
-            fut = await asyncio.shield(self._publisher.reply(meta, reply))
-            if fut is not None:
-                await asyncio.shield(fut)
-        except KafkaError:
-            log.exception("could not report the error of %s", stream.request_id)
+_REAP_KEEP_MS = 3_600_000  # before the request (and so its deadline) is read back
 
 
 async def _quietly(coro) -> None:
     try:
         await coro
     except Exception as exc:
-        log.warning("ignored during shutdown: %s", exc)
+        log.warning("ignored: %s", exc)
 
 
 def build_worker(settings: WorkerSettings) -> WorkerService:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.env import SettingsError, env_bool, env_float, env_int, env_opt, env_str
-from shared.settings import KafkaSettings, ModelCatalog, ModelSpec, RedisSettings, Topics
+from shared.settings import KafkaSettings, ModelCatalog, ModelSpec, RedisSettings, Topics, lease_seconds
 from shared.vision import ImageLimits
 
 
@@ -62,7 +62,10 @@ class WorkerSettings:
     group_id: str
     max_in_flight: int
     coalesce_ms: float
-    heartbeat_s: float
+    # A worker that has not renewed its leases (and heartbeat) for this long is presumed
+    # dead: its requests are taken over. It renews every quarter of it.
+    lease_s: float
+    session_timeout_ms: int  # Kafka group session: how soon a dead worker's partitions move
     metrics_port: int
     drain_s: int
 
@@ -89,7 +92,8 @@ class WorkerSettings:
             group_id=env_str(env, "WORKER_GROUP", f"{topics.prefix}-worker-{model.route}"),
             max_in_flight=env_int(env, "WORKER_MAX_IN_FLIGHT", 256, minimum=1),
             coalesce_ms=env_float(env, "WORKER_COALESCE_MS", 3.0),
-            heartbeat_s=env_float(env, "WORKER_HEARTBEAT_S", 2.0),
+            lease_s=lease_seconds(env),
+            session_timeout_ms=env_int(env, "WORKER_SESSION_TIMEOUT_MS", 6000, minimum=1000),
             metrics_port=env_int(env, "WORKER_METRICS_PORT", -1, minimum=-1),
             drain_s=env_int(env, "SLUICE_DRAIN_S", 20, minimum=0),
         )

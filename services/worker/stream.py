@@ -30,15 +30,28 @@ class _Choice:
 
 
 class ReplyStream:
+    """One request's reply messages, numbered from `seq`. A stream that continues one taken
+    over from another worker starts where the stored stream stands (`resume`)."""
+
     def __init__(self, request_id: str, source: str, prompt_tokens: int, n: int,
-                 top_logprobs: int = 0) -> None:
+                 top_logprobs: int = 0, *, epoch: int = 0) -> None:
         self.request_id = request_id
         self.top_logprobs = top_logprobs
         self.source = source
+        self.epoch = epoch
         self.prompt_tokens = prompt_tokens
         self.seq = 0  # next message number
         self.finished = False
         self._choices = [_Choice(i) for i in range(n)]
+
+    def resume(self, seq: int, done: dict[int, tuple[int, FinishReason | None]]) -> None:
+        """Continue a stored stream: the next `seq`, and per choice its tokens so far and
+        finish reason (a finished choice is not sent again)."""
+        self.seq = seq
+        for index, (num_tokens, reason) in done.items():
+            c = self._choices[index]
+            c.num_tokens, c.finish_reason = num_tokens, reason
+        self.finished = all(c.finish_reason is not None for c in self._choices)
 
     @property
     def pending(self) -> bool:
@@ -48,10 +61,17 @@ class ReplyStream:
     def completion_tokens(self) -> int:
         return sum(c.num_tokens for c in self._choices)
 
-    def add(self, out: Any) -> None:
-        """Take one vLLM RequestOutput (DELTA kind)."""
+    def unfinished(self) -> list[int]:
+        return [c.index for c in self._choices if c.finish_reason is None]
+
+    def num_tokens(self, index: int) -> int:
+        return self._choices[index].num_tokens
+
+    def add(self, out: Any, choice: int | None = None) -> None:
+        """Take one vLLM RequestOutput (DELTA kind). With `choice`, the output is of an engine
+        request that generates that one choice (a continued stream runs one per choice)."""
         for comp in out.outputs:
-            c = self._choices[comp.index]
+            c = self._choices[comp.index if choice is None else choice]
             ids = list(comp.token_ids)
             if comp.text:
                 c.text.append(comp.text)
@@ -66,7 +86,16 @@ class ReplyStream:
                 c.finish_reason = _FINISH.get(str(comp.finish_reason), "stop")
             c.dirty = c.dirty or bool(ids) or bool(comp.text) or comp.finish_reason is not None
         if out.finished:
-            self.finish()
+            if choice is None:
+                self.finish()
+            else:
+                self.finish_choice(choice)
+
+    def finish_choice(self, index: int, reason: FinishReason = "abort") -> None:
+        c = self._choices[index]
+        if c.finish_reason is None:
+            c.finish_reason, c.dirty = reason, True
+        self.finished = all(c.finish_reason is not None for c in self._choices)
 
     def finish(self, reason: FinishReason = "abort") -> None:
         """Mark the request over; choices without a finish reason get `reason`."""
@@ -91,7 +120,7 @@ class ReplyStream:
         if self.finished:
             usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
         msg = TokenDelta(request_id=self.request_id, source=self.source, seq=self.seq,
-                         choices=choices, finished=self.finished, usage=usage)
+                         epoch=self.epoch, choices=choices, finished=self.finished, usage=usage)
         self.seq += 1
         return msg
 
@@ -113,34 +142,47 @@ def _logprobs(ids: list[int], entries: Any, k: int) -> list[TokenLogprob]:
 Send = Callable[[TokenDelta], Awaitable[asyncio.Future | None]]
 
 
-async def pump(outputs: AsyncIterator[Any], stream: ReplyStream, send: Send,
-               window_s: float) -> asyncio.Future | None:
-    """Drive one request to its end; returns the delivery future of the last message."""
+class Interrupted(Exception):
+    """The worker stopped this request's generation (see services.worker.ownership.Stop)."""
+
+
+async def pump(outputs: AsyncIterator[Any], stream: ReplyStream, send: Send, window_s: float,
+               interrupt: asyncio.Event | None = None) -> asyncio.Future | None:
+    """Drive one request to its end; returns the delivery future of the last message.
+
+    `outputs` yields (RequestOutput, choice) pairs (see ReplyStream.add). Setting `interrupt`
+    stops reading the engine (closing its generator aborts the engine request) and raises
+    Interrupted; what the stream holds unsent stays in it."""
     arrived = asyncio.Event()
 
     async def read() -> None:
-        async for out in outputs:
-            stream.add(out)
+        async for out, choice in outputs:
+            stream.add(out, choice)
             arrived.set()
 
     reader = asyncio.create_task(read())
+    stopper = asyncio.create_task(interrupt.wait()) if interrupt is not None else None
+    watched = {reader, stopper} if stopper is not None else {reader}
     try:
         while not reader.done():
             waiter = asyncio.create_task(arrived.wait())
-            await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*watched, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
+            if stopper is not None and stopper.done():
+                raise Interrupted()
             if reader.done():
                 break
             arrived.clear()
             if stream.pending:
                 await send(stream.take())  # ordered per partition: the last ack covers it
             # Collect what arrives during the window into the next message.
-            await asyncio.wait({reader}, timeout=window_s)
+            await asyncio.wait(watched, timeout=window_s, return_when=asyncio.FIRST_COMPLETED)
         reader.result()  # re-raise an engine error
         if not stream.finished:
             stream.finish()  # the engine ended the stream without a final output
         return await send(stream.take())
     finally:
-        if not reader.done():
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        for task in (reader, stopper):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -18,7 +18,8 @@ from openai import AsyncOpenAI
 
 from infra.localinfra import ROOT, local_infra
 from infra.models.folder import is_built
-from infra.procs import ServiceProcess, detail, plan, start_services
+from infra.procs import PortProcess, ServiceProcess, detail, plan, start_services
+from infra.supervise import Supervisor
 from tests.integration.image_server import ImageServer
 
 GATEWAY_ID = "itest"
@@ -33,7 +34,9 @@ class Stack:
     vl_model: str  # the vision model
     vl_model_path: Path
     env: dict[str, str]
-    procs: dict[str, ServiceProcess]
+    procs: dict[str, ServiceProcess]  # the supervisor keeps the current process under each name
+    infra: dict[str, PortProcess]  # kafka and redis, when the tests started them
+    supervisor: Supervisor
     logs: Path
 
     @property
@@ -59,11 +62,11 @@ class Stack:
     def tokenizer_metrics(self) -> str:
         return self.metrics_url("tokenizer")
 
-    def start(self, name: str, module: str, **env: str) -> ServiceProcess:
+    def start(self, name: str, module: str, timeout: float = 240, **env: str) -> ServiceProcess:
         """One more service process on this stack (the caller stops it); waits until ready."""
         proc = ServiceProcess(name, module, {**self.env, **env}, self.logs / f"{name}.log")
         try:
-            proc.wait_ready(timeout=120)
+            proc.wait_ready(timeout=timeout)
         except BaseException:
             proc.stop()
             raise
@@ -72,8 +75,20 @@ class Stack:
     def restart(self, name: str, **env: str) -> None:
         """Replace one of the stack's processes by one with these settings added."""
         module, extra = plan(self.env)[name]
-        self.procs[name].stop()
-        self.procs[name] = self.start(name, module, **extra, **env)
+        self.supervisor.hold(name)
+        try:
+            self.procs[name].stop()
+            self.procs[name] = self.start(name, module, **extra, **env)
+        finally:
+            self.supervisor.release(name)
+
+    def restarted(self, name: str, after: ServiceProcess, timeout: float = 240) -> ServiceProcess:
+        """The process the supervisor started in place of `after` (which died), once ready."""
+        return self.supervisor.wait_restarted(name, after, timeout)  # type: ignore[return-value]
+
+    @property
+    def text_worker(self) -> str:
+        return f"worker-cpu.{self.model}"
 
 
 def metrics_url(proc: ServiceProcess) -> str:
@@ -110,10 +125,14 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         }
         env.pop("SLUICE_MODEL", None)
         procs, url = start_services(stack_, env, logs, neighbours=list(endpoints.pids.values()))
+        # As `make up` does: a process that dies is restarted (the fault tests rely on it).
+        supervisor = Supervisor([endpoints.units, procs], log=lambda line: print(f"\n[supervisor] {line}"))
+        stack_.callback(supervisor.stop)
+        supervisor.start()
         yield Stack(
             base_url=url, model=model_path.name, model_path=model_path,
             vl_model=vl_model_path.name, vl_model_path=vl_model_path,
-            env=env, procs=procs, logs=logs,
+            env=env, procs=procs, infra=endpoints.units, supervisor=supervisor, logs=logs,
         )
         for name, proc in procs.items():
             assert proc.proc.poll() is None, f"{name} died during the tests; see {proc.log_path}"

@@ -74,3 +74,34 @@ async def test_reader_wakes_when_a_delta_arrives():
     await asyncio.sleep(0)  # let the reader block on the empty collector
     c.deliver(delta(0, "a", finished=True))
     assert await asyncio.wait_for(reader, 1) == [["a"]]
+
+
+def taken_over(seq, text, epoch=1, source="w2", finished=False, start=None):
+    start = seq if start is None else start
+    return TokenDelta(request_id="r", source=source, seq=seq, epoch=epoch, finished=finished, choices=[
+        ChoiceDelta(index=0, text=text, token_ids=[seq], num_tokens=start + 1,
+                    finish_reason="stop" if finished else None)])
+
+
+async def test_a_takeover_continues_the_stream_where_it_stands():
+    m = GatewayMetrics()
+    c = Collector(m)
+    c.deliver(delta(0, "a"))
+    c.deliver(delta(1, "b"))
+    c.deliver(taken_over(2, "c"))  # another worker took the request over
+    c.deliver(delta(2, "X"))  # the old owner, late: stale
+    c.deliver(taken_over(3, "d", finished=True))
+    assert await drain(c) == [["a", "b", "c", "d"]]
+    assert m.takeovers._value.get() == 1 and m.duplicates._value.get() == 1
+
+
+async def test_a_takeover_out_of_place_fails_the_stream_rather_than_repeat_tokens():
+    m = GatewayMetrics()
+    c = Collector(m)
+    c.deliver(delta(0, "a"))
+    c.deliver(delta(1, "b"))
+    c.deliver(taken_over(1, "B"))  # starts behind what the client has
+    batches = c.batches(1.0)
+    assert [d.choices[0].text for d in await anext(batches)] == ["a", "b"]
+    with pytest.raises(InternalError, match="disagree"):
+        await anext(batches)

@@ -3,7 +3,10 @@ import json
 import pytest
 
 from shared.env import SettingsError
-from shared.settings import ModelCatalog, Topics
+from shared.settings import ModelCatalog, Topics, lease_seconds
+
+from services.gateway.handlers import request_timeout
+from services.gateway.settings import GatewaySettings
 
 
 def make_model(tmp_path, name, max_pos=1024):
@@ -57,3 +60,23 @@ def test_topics_have_explicit_partition_counts(tmp_path):
     assert core["sluice.requests"] == 4 and core["sluice.preprocess"] == 8
     assert core["sluice.infer.cpu.org_tiny-1_0"] == 8
     assert core["sluice.aborts"] == 1 and t.replies("gw1") == "sluice.replies.gw1"
+
+
+def test_lease_has_a_sane_range():
+    assert lease_seconds({}) == 4.0 and lease_seconds({"SLUICE_LEASE_S": "2.5"}) == 2.5
+    for bad in ("0", "-1", "1000", "soon"):
+        with pytest.raises(SettingsError):
+            lease_seconds({"SLUICE_LEASE_S": bad})
+
+
+def test_request_deadline_defaults_and_may_only_be_shortened(tmp_path):
+    env = {"SLUICE_MODEL": str(make_model(tmp_path, "m"))}
+    assert GatewaySettings.from_env(env).request_timeout_s == 1800
+    with pytest.raises(SettingsError):
+        GatewaySettings.from_env({**env, "SLUICE_REQUEST_TIMEOUT_S": "0"})
+    assert request_timeout(None, 60) == 60
+    assert request_timeout("2.5", 60) == 2.5
+    assert request_timeout("600", 60) == 60  # a client may shorten the deadline, not extend it
+    for bad in ("0", "-3", "soon", "nan", "inf"):
+        with pytest.raises(Exception, match="X-Request-Timeout"):
+            request_timeout(bad, 60)

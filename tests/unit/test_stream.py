@@ -60,7 +60,7 @@ def test_stream_that_ends_without_a_final_output_is_marked_aborted():
 async def _outputs(items, gaps):
     for item, gap in zip(items, gaps):
         await asyncio.sleep(gap)
-        yield item
+        yield item, None  # (output, choice): one engine request for every choice
 
 
 async def test_pump_coalesces_tokens_within_the_window_and_loses_none():
@@ -89,9 +89,9 @@ async def test_pump_sends_the_first_token_without_waiting_for_the_window():
         return None
 
     async def slow():
-        yield Out([Comp(0, "a", [1])])
+        yield Out([Comp(0, "a", [1])]), None
         await asyncio.sleep(3600)  # the engine is busy; the first token must already be out
-        yield Out([], finished=True)
+        yield Out([], finished=True), None
 
     # The window is far longer than the wait: only an immediate first send passes.
     task = asyncio.create_task(pump(slow(), ReplyStream("r", "w", 1, 1), send, window_s=3600))
@@ -111,7 +111,7 @@ def test_engine_error_finish_is_an_error_not_a_stop():
 
 async def test_pump_reraises_engine_errors():
     async def broken():
-        yield Out([Comp(0, "a", [1])])
+        yield Out([Comp(0, "a", [1])]), None
         raise RuntimeError("engine died")
 
     async def send(msg):

@@ -1,0 +1,171 @@
+"""The worker's one record of every request it handles: `Owned`, kept by `Ownership`.
+
+A request gets its `Owned` before the worker asks Redis for the claim (shared.claims), so
+an abort that arrives meanwhile is not missed, and keeps it until the request is settled
+here: finished with its outcome stored in Kafka, handed over for another worker to
+continue, or lost to another worker that took it over. Everything the worker knows about
+a request is on that record: its claim (epoch, lease validity), the engine requests
+running for it, whether the client gave up, and why the worker stopped it (`Stop`).
+
+Leases are renewed for every claimed request in one Redis call. A reply goes out only
+while the lease is certainly live (`confirm`): past that, the worker asks Redis first, so
+a worker that was paused or cut off never writes into a stream another worker took over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from redis.exceptions import RedisError
+
+from shared.claims import Claims, Held, RecordLoc
+
+log = logging.getLogger(__name__)
+
+
+class Stop(Enum):
+    HANDOFF = "handoff"  # shutdown or a dead engine: flush, release the claim, someone continues
+    DEADLINE = "deadline"  # the request's deadline passed: an error reply ends it
+    FENCED = "fenced"  # our lease is gone: another worker owns the request; send nothing more
+
+
+class Outcome(Enum):
+    SETTLED = "settled"  # its outcome is stored in Kafka (here or by whoever ran it)
+    HANDED_OVER = "handed_over"  # released: whoever claims it next continues it
+    LOST = "lost"  # another worker took it over
+
+
+class Fenced(Exception):
+    """Our lease on the request lapsed and another worker holds it."""
+
+
+@dataclass(eq=False)
+class Owned:
+    request_id: str
+    done: asyncio.Future[Outcome]
+    epoch: int = 0
+    loc: RecordLoc | None = None
+    keep_ms: int = 0
+    claimed: bool = False  # the claim is ours: its lease is renewed
+    valid_until: float = 0.0  # monotonic time until which our lease is certainly live
+    aborted: bool = False  # the client gave up
+    stop: Stop | None = None
+    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    engine_ids: list[str] = field(default_factory=list)
+
+    def halt(self, stop: Stop) -> None:
+        if self.stop is None:
+            self.stop = stop
+            self.interrupt.set()
+
+
+class Ownership:
+    def __init__(self, claims: Claims, lease_s: float,
+                 engine_abort: Callable[[str], Awaitable[None]]) -> None:
+        self._claims = claims
+        self._lease_s = lease_s
+        self._engine_abort = engine_abort
+        self._owned: dict[str, Owned] = {}
+        self._renewal: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._owned
+
+    def get(self, request_id: str) -> Owned | None:
+        return self._owned.get(request_id)
+
+    def open(self, request_id: str) -> Owned:
+        owned = Owned(request_id, asyncio.get_running_loop().create_future())
+        self._owned[request_id] = owned
+        return owned
+
+    def claimed(self, owned: Owned, epoch: int, loc: RecordLoc | None, keep_ms: int,
+                asked_at: float) -> None:
+        owned.epoch, owned.loc, owned.keep_ms, owned.claimed = epoch, loc, keep_ms, True
+        owned.valid_until = asked_at + self._valid_s
+
+    def close(self, owned: Owned, outcome: Outcome) -> None:
+        if self._owned.get(owned.request_id) is owned:
+            del self._owned[owned.request_id]
+        if not owned.done.done():
+            owned.done.set_result(outcome)
+
+    @property
+    def _valid_s(self) -> float:
+        # A lease is live for lease_s from when it was asked for; keep a quarter in hand.
+        return self._lease_s * 0.75
+
+    async def abort(self, request_id: str) -> bool:
+        """The client gave up. The engine ends the request with finish reason `abort`."""
+        owned = self._owned.get(request_id)
+        if owned is None:
+            return False  # not here; the gateway's mark in the claim covers one still on its way
+        owned.aborted = True
+        for engine_id in list(owned.engine_ids):
+            await self._engine_abort(engine_id)
+        return True
+
+    def hand_over_all(self) -> int:
+        running = [o for o in self._owned.values() if o.claimed]
+        for owned in running:
+            owned.halt(Stop.HANDOFF)
+        return len(running)
+
+    async def settled_within(self, timeout: float) -> bool:
+        pending = [o.done for o in self._owned.values()]
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
+
+    def held(self) -> list[Owned]:
+        return [o for o in self._owned.values() if o.claimed and o.stop is None]
+
+    async def renew(self) -> None:
+        """Renew every lease we hold (one renewal at a time; callers share it)."""
+        if self._renewal is not None:
+            await asyncio.shield(self._renewal)
+            return
+        self._renewal = asyncio.get_running_loop().create_future()
+        try:
+            await self._renew_now()
+        finally:
+            self._renewal.set_result(None)
+            self._renewal = None
+
+    async def _renew_now(self) -> None:
+        held = self.held()
+        if not held:
+            return
+        asked_at = time.monotonic()
+        try:
+            lost = await asyncio.wait_for(self._claims.renew(
+                [Held(o.request_id, o.epoch, o.loc, o.keep_ms) for o in held]), self._lease_s / 4)
+        except (RedisError, TimeoutError, OSError) as exc:
+            # Nobody else can claim without Redis either: carry on, and ask again soon.
+            log.warning("lease renewal failed (%s); carrying on", exc)
+            for owned in held:
+                owned.valid_until = max(owned.valid_until, time.monotonic() + self._lease_s / 4)
+            return
+        for owned in held:
+            if owned.request_id in lost:
+                log.warning("request %s: our claim (epoch %d) was taken over; stopping it here",
+                            owned.request_id, owned.epoch)
+                owned.halt(Stop.FENCED)
+            else:
+                owned.valid_until = asked_at + self._valid_s
+
+    async def confirm(self, owned: Owned) -> None:
+        """Before a reply goes out: is the request still ours? Raises Fenced if not."""
+        if owned.claimed and time.monotonic() >= owned.valid_until:
+            await self.renew()
+        if owned.stop is Stop.FENCED:
+            raise Fenced(owned.request_id)

@@ -1,0 +1,341 @@
+"""Run one claimed request on the engine, fresh or continued, to its outcome.
+
+- Fresh (epoch 0): the prompt as tokenized.
+- Takeover (a higher epoch): the stream stored in the reply log so far is read back and
+  continued (services.worker.continuation): same `seq`, same token positions, so the
+  client's stream simply goes on.
+- Unknown (Redis unavailable, so no claim): the log decides between the two.
+
+How it ends:
+- finished: the final reply is acknowledged by Kafka, then the claim is marked done;
+- stopped for a handoff (shutdown, dead engine): what the engine produced is sent, its
+  delivery awaited, and the claim released for another worker to continue;
+- deadline passed or an error: an error reply, acknowledged, ends the stream;
+- fenced (the lease was lost): nothing more is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from shared.bus import Meta, Publisher
+from shared.claims import Claims
+from shared.contracts import TokenizedRequest
+from shared.errors import (DeadlineExceeded, InvalidRequest, SluiceError, Unavailable,
+                           as_sluice_error, error_reply)
+from shared.images import ImageStore
+from shared.replylog import LogQuery, LogReader, StreamProgress
+
+from services.worker.continuation import EngineRequest, Plan, continued, fresh
+from services.worker.images import engine_prompt
+from services.worker.metrics import WorkerMetrics
+from services.worker.ownership import Fenced, Outcome, Owned, Ownership, Stop
+from services.worker.sampling import to_sampling_params
+from services.worker.settings import WorkerSettings
+from services.worker.stream import Interrupted, ReplyStream, pump
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+DELIVERY_WAIT_S = 30.0  # how long a handoff waits for its last replies to be stored
+
+
+class Mode(Enum):
+    FRESH = "fresh"
+    TAKEOVER = "takeover"
+    UNKNOWN = "unknown"  # no claim (Redis unavailable): the reply log decides
+
+
+@dataclass
+class RunnerDeps:
+    settings: WorkerSettings
+    engine: AsyncLLM
+    publisher: Publisher
+    claims: Claims
+    ownership: Ownership
+    replies: LogReader
+    images: ImageStore
+    metrics: WorkerMetrics
+    client_errors: tuple[type[Exception], ...]
+    engine_dead: type[Exception]
+    on_engine_dead: Any  # Callable[[], None]
+
+
+class _Sender:
+    """Sends a request's replies while its claim is ours; remembers the last delivery."""
+
+    def __init__(self, deps: RunnerDeps, owned: Owned, meta: Meta) -> None:
+        self._deps = deps
+        self._owned = owned
+        self._meta = meta
+        self.last: asyncio.Future | None = None
+
+    async def send(self, msg: Any) -> asyncio.Future | None:
+        await self._deps.ownership.confirm(self._owned)
+        m = self._deps.metrics
+        m.messages.inc()
+        queued = time.perf_counter()
+        fut = await self._deps.publisher.reply(self._meta, msg)
+        if fut is not None:
+            fut.add_done_callback(lambda _: m.reply_ack.observe(time.perf_counter() - queued))
+            self.last = fut
+        return fut
+
+    async def stored(self) -> bool:
+        """Wait for the last reply's acknowledgement: True once everything sent is stored."""
+        if self.last is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.last), DELIVERY_WAIT_S)
+            return True
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("request %s: a reply was not stored (%s)", self._owned.request_id, exc)
+            return False
+
+
+class Runner:
+    def __init__(self, deps: RunnerDeps) -> None:
+        self._d = deps
+
+    async def run(self, owned: Owned, req: TokenizedRequest, meta: Meta, mode: Mode) -> Outcome:
+        d = self._d
+        rid = req.request_id
+        stream = ReplyStream(rid, d.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
+                             req.sampling.logprobs or 0, epoch=owned.epoch)
+        sender = _Sender(d, owned, meta)
+        deadline = None
+        try:
+            plan = fresh(req)
+            if mode is not Mode.FRESH:
+                progress = await self._stored(req, meta)
+                if progress.finished:
+                    return await self._done(owned)  # its end is stored already
+                if mode is Mode.UNKNOWN:
+                    owned.epoch = stream.epoch = progress.epoch + 1 if progress.started else 0
+                if progress.started:  # else nothing was sent: run it whole, as if fresh
+                    plan = self._continue(req, owned.epoch, stream, progress)
+            if owned.aborted:  # the client left before this worker started
+                d.metrics.aborts.inc()
+                stream.finish("abort")
+            if stream.finished:
+                return await self._final(owned, sender, stream)
+            if expired(req):
+                raise DeadlineExceeded("the request's deadline passed before it reached the engine")
+            if req.deadline is not None:
+                loop = asyncio.get_running_loop()
+                deadline = loop.call_at(loop.time() + req.deadline - time.time(), owned.halt,
+                                        Stop.DEADLINE)
+            d.metrics.in_flight.inc()
+            try:
+                last = await pump(self._outputs(owned, req, plan, mode), stream, sender.send,
+                                  d.settings.coalesce_ms / 1000, owned.interrupt)
+            finally:
+                d.metrics.in_flight.dec()
+            if last is not None:
+                await last  # stored in Kafka before the claim is done and the offset committed
+            d.metrics.tokens.inc(stream.completion_tokens)
+            d.metrics.requests.labels("ok").inc()
+            return await self._done(owned)
+        except Interrupted:
+            if owned.stop is Stop.FENCED:
+                return self._lost()
+            if owned.stop is Stop.DEADLINE:
+                await self._flush(sender, stream)
+                return await self._fail(owned, sender, stream, DeadlineExceeded(
+                    "the request's deadline passed during generation"))
+            return await self._hand_over(owned, sender, stream)
+        except Fenced:
+            return self._lost()
+        except KafkaError as exc:
+            log.warning("request %s: replies could not be stored (%s); handing it over", rid, exc)
+            return await self._hand_over(owned, sender, stream)
+        except Exception as exc:
+            if isinstance(exc, d.engine_dead):
+                log.error("request %s: the engine died; handing it over", rid)
+                d.on_engine_dead()
+                return await self._hand_over(owned, sender, stream)
+            return await self._fail(owned, sender, stream, self._as_error(rid, exc))
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    async def expired(self, owned: Owned, req: TokenizedRequest, meta: Meta) -> Outcome:
+        """Answer a request whose deadline passed before it got here, without running it."""
+        self._d.metrics.expired.inc()
+        stream = ReplyStream(req.request_id, self._d.settings.worker_id, 0, req.sampling.n)
+        return await self._fail(owned, _Sender(self._d, owned, meta), stream, DeadlineExceeded(
+            "the request's deadline passed before a worker took it"))
+
+    # -- takeover ----------------------------------------------------------------------
+    async def _stored(self, req: TokenizedRequest, meta: Meta) -> StreamProgress:
+        if meta.reply_to is None:  # nobody reads its replies: nothing to continue
+            return StreamProgress(req.request_id)
+        query = LogQuery(req.request_id, meta.reply_to, req.created)
+        return (await self._d.replies.replies([query]))[req.request_id]
+
+    def _continue(self, req: TokenizedRequest, epoch: int, stream: ReplyStream,
+                  progress: StreamProgress) -> Plan:
+        stream.resume(progress.next_seq, {i: (len(c.token_ids), c.finish_reason)
+                                          for i, c in progress.choices.items()})
+        plan = continued(req, epoch, {i: c.token_ids for i, c in progress.choices.items()},
+                         stream.unfinished())
+        for index in plan.complete:
+            stream.finish_choice(index, "length")
+        self._d.metrics.takeovers.inc()
+        log.info("request %s: continuing from message %d (%s tokens) at epoch %d", req.request_id,
+                 progress.next_seq, [stream.num_tokens(i) for i in range(req.sampling.n)], epoch)
+        return plan
+
+    # -- the engine ----------------------------------------------------------------------
+    async def _outputs(self, owned: Owned, req: TokenizedRequest, plan: Plan,
+                       mode: Mode) -> AsyncIterator[tuple[Any, int | None]]:
+        """The engine's outputs as (RequestOutput, choice) pairs, from one engine request or
+        several (a continued stream with several choices)."""
+        kind = "fresh" if owned.epoch == 0 else "takeover"
+        gens = []
+        for er in plan.requests:
+            prompt = await engine_prompt(req, self._d.settings.model.vision, self._d.images, er.prefix)
+            gens.append((er, self._generate(owned, er, prompt, kind)))
+        if len(gens) == 1:
+            er, gen = gens[0]
+            async for out in gen:
+                yield out, er.choice
+            return
+        async for item in _merge(gens):
+            yield item
+
+    async def _generate(self, owned: Owned, er: EngineRequest, prompt: dict,
+                        kind: str) -> AsyncIterator[Any]:
+        engine = self._d.engine
+        owned.engine_ids.append(er.engine_id)
+        self._d.metrics.admissions.labels(kind).inc()
+        applied = False
+        async for out in engine.generate(prompt, to_sampling_params(er.sampling), request_id=er.engine_id):
+            yield out
+            # An abort that raced the request's registration in the engine was a no-op there.
+            if owned.aborted and not applied and not out.finished:
+                applied = True
+                await engine.abort(er.engine_id)
+
+    # -- endings -------------------------------------------------------------------------
+    def _lost(self) -> Outcome:
+        self._d.metrics.fenced.inc()
+        return Outcome.LOST
+
+    async def _flush(self, sender: _Sender, stream: ReplyStream) -> None:
+        """Send what the stream holds unsent: the tokens are real, and whoever continues
+        then does not generate them again."""
+        if stream.pending:
+            try:
+                await sender.send(stream.take())
+            except KafkaError as exc:
+                log.warning("request %s: could not send its last tokens (%s)", stream.request_id, exc)
+
+    async def _hand_over(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
+        try:
+            await self._flush(sender, stream)
+        except Fenced:
+            return self._lost()
+        await sender.stored()
+        if stream.finished:  # the flush was its final message
+            return await self._done(owned)
+        try:
+            await self._d.claims.release(owned.request_id, owned.epoch)
+        except (RedisError, OSError) as exc:  # its lease lapses by itself
+            log.warning("request %s: could not release its claim (%s)", owned.request_id, exc)
+        self._d.metrics.handoffs.inc()
+        log.info("request %s handed over at message %d", owned.request_id, stream.seq)
+        return Outcome.HANDED_OVER
+
+    async def _final(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
+        try:
+            await sender.send(stream.take())
+        except Fenced:
+            return self._lost()
+        except KafkaError:
+            pass  # sender.stored() reports it
+        if not await sender.stored():
+            return await self._hand_over(owned, sender, stream)
+        return await self._done(owned)
+
+    async def _fail(self, owned: Owned, sender: _Sender, stream: ReplyStream,
+                    exc: SluiceError) -> Outcome:
+        self._d.metrics.requests.labels("error").inc()
+        reply = error_reply(exc, request_id=stream.request_id, source=stream.source,
+                            seq=stream.seq, epoch=stream.epoch)
+        try:
+            await sender.send(reply)
+        except Fenced:
+            return self._lost()
+        except KafkaError:
+            pass
+        if not await sender.stored():
+            # Not stored: nobody was told. Hand it over, so that it is answered later.
+            return await self._hand_over(owned, sender, stream)
+        return await self._done(owned)
+
+    async def _done(self, owned: Owned) -> Outcome:
+        try:
+            await self._d.claims.finish(owned.request_id, owned.keep_ms or DEFAULT_KEEP_MS)
+        except (RedisError, OSError) as exc:
+            log.warning("request %s: could not mark it done (%s)", owned.request_id, exc)
+        return Outcome.SETTLED
+
+    def _as_error(self, rid: str, exc: Exception) -> SluiceError:
+        if isinstance(exc, SluiceError):
+            return exc
+        if isinstance(exc, RedisError):
+            return Unavailable(f"the image store is unavailable: {exc}", retry_after=2)
+        if isinstance(exc, self._d.client_errors):  # vLLM rejected a parameter combination
+            return InvalidRequest(str(exc))
+        log.error("generation of %s failed", rid, exc_info=exc)
+        return as_sluice_error(exc)
+
+
+DEFAULT_KEEP_MS = 3_600_000  # how long a done mark lasts for a request without a deadline
+
+
+def keep_ms(req: TokenizedRequest) -> int:
+    """How long the request's claim is worth keeping: until its deadline has passed."""
+    if req.deadline is None:
+        return DEFAULT_KEEP_MS
+    return max(int((req.deadline - time.time()) * 1000), 0) + 60_000
+
+
+def expired(req: TokenizedRequest) -> bool:
+    return req.deadline is not None and time.time() >= req.deadline
+
+
+async def _merge(gens: list[tuple[EngineRequest, AsyncIterator[Any]]]
+                 ) -> AsyncIterator[tuple[Any, int | None]]:
+    """Interleave several engine streams as their outputs arrive (no queue in between)."""
+    pending: dict[asyncio.Future, tuple[EngineRequest, AsyncIterator[Any]]] = {
+        asyncio.ensure_future(anext(gen)): (er, gen) for er, gen in gens}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                er, gen = pending.pop(fut)
+                try:
+                    out = fut.result()
+                except StopAsyncIteration:
+                    continue
+                yield out, er.choice
+                pending[asyncio.ensure_future(anext(gen))] = (er, gen)
+    finally:
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for _, gen in gens:
+            await gen.aclose()
