@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 
+from infra import watchdog
 from infra.procs import Child
 
 BACKOFF_S = (1.0, 30.0)  # first delay, longest delay
@@ -80,6 +81,7 @@ class Supervisor:
             due = self._due.get(name)
             if due is None:
                 unit.reap()  # what is left of its process group (a vLLM engine, say) goes too
+                watchdog.forget(unit.proc.pid)
                 ran = now - unit.started
                 delay = BACKOFF_S[0] if ran >= STABLE_S else self._backoff.get(name, BACKOFF_S[0])
                 self._backoff[name] = min(delay * 2, BACKOFF_S[1])

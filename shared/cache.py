@@ -4,7 +4,6 @@ images live in shared.images, request claims and abort marks in shared.claims.""
 from __future__ import annotations
 
 import hashlib
-import time
 from array import array
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,8 @@ from shared.settings import RedisSettings
 
 @asynccontextmanager
 async def redis_client(settings: RedisSettings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.url, socket_connect_timeout=5, health_check_interval=30)
+    client = Redis.from_url(settings.url, socket_connect_timeout=settings.timeout_s,
+                            socket_timeout=settings.timeout_s, health_check_interval=30)
     try:
         yield client
     finally:
@@ -52,22 +52,30 @@ class TokenCache:
         await self._redis.set(self._prefix + key, array("I", ids).tobytes(), ex=self._ttl)
 
 
+_NOW_S = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+
 class WorkerRegistry:
-    """Worker liveness per model route (`<pool>.<model>`): worker ids scored by last heartbeat."""
+    """Worker liveness per model route (`<pool>.<model>`): worker ids scored by their last
+    heartbeat, on Redis's clock (host clocks may disagree)."""
 
     def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
-        self._redis = redis
         self._prefix = f"{prefix}:workers:"
         self._ttl = ttl_s
+        # KEYS: the route's set. ARGV: worker id.
+        self._beat = redis.register_script(_NOW_S + "return redis.call('ZADD', KEYS[1], now, ARGV[1])")
+        # KEYS: the route's set. ARGV: ttl. Workers silent for long are dropped; live ones counted.
+        self._live = redis.register_script(_NOW_S + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 6 * tonumber(ARGV[1]))
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+""")
+        self._redis = redis
 
     async def heartbeat(self, route: str, worker_id: str) -> None:
-        await self._redis.zadd(self._prefix + route, {worker_id: time.time()})
+        await self._beat(keys=[self._prefix + route], args=[worker_id])
 
     async def remove(self, route: str, worker_id: str) -> None:
         await self._redis.zrem(self._prefix + route, worker_id)
 
     async def live(self, route: str) -> int:
-        now = time.time()
-        key = self._prefix + route
-        await self._redis.zremrangebyscore(key, "-inf", now - 6 * self._ttl)
-        return int(await self._redis.zcount(key, now - self._ttl, "+inf"))
+        return int(await self._live(keys=[self._prefix + route], args=[self._ttl]))

@@ -179,7 +179,10 @@ class GroupRunner(Generic[T]):
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await self._commit(list(self._offsets))
+            try:
+                await self._commit(list(self._offsets))
+            except Exception:  # commits must go on; the next one covers this one's offsets
+                log.exception("%s: commit failed", self._name)
 
     async def _commit(self, partitions: list[TopicPartition]) -> None:
         todo = {}

@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from shared.bus import ReplyTo
 from shared.contracts import Codec, DecodeErrors, ErrorReply, FinishReason, Reply
@@ -139,8 +139,9 @@ class LogReader:
                 except DecodeErrors:
                     continue  # set aside by the gateway's reply consumer already
 
-    async def record(self, topic: str, partition: int, offset: int):
-        """The record at `offset`, or None when it is gone (retention) or not there yet."""
+    async def record(self, topic: str, partition: int, offset: int) -> ConsumerRecord | None:
+        """The record at `offset`, or None when it is not in the log (past retention).
+        Raises KafkaError or TimeoutError when the log cannot be read now."""
         tp = TopicPartition(topic, partition)
         async with self._lock:
             c = self._consumer
@@ -155,7 +156,7 @@ class LogReader:
                     batch = await c.getmany(tp, timeout_ms=1000, max_records=1)
                     for record in batch.get(tp, ()):
                         return record if record.offset == offset else None
-                return None
+                raise TimeoutError(f"reading {topic}:{partition}:{offset} stalled")
             finally:
                 c.unsubscribe()
 

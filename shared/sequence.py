@@ -34,7 +34,6 @@ class ReplySequencer:
         self.epoch = 0
         self.next_seq = 0
         self.positions: dict[int, int] = {}  # choice index → tokens delivered so far
-        self.takeovers = 0
 
     @property
     def started(self) -> bool:
@@ -60,8 +59,6 @@ class ReplySequencer:
 
     def accept(self, msg: Reply) -> None:
         """Advance past `msg`, which check() accepted."""
-        if self.source is not None and msg.epoch > self.epoch:
-            self.takeovers += 1
         self.source, self.epoch, self.next_seq = msg.source, msg.epoch, msg.seq + 1
         if isinstance(msg, TokenDelta):
             for c in msg.choices:

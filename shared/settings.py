@@ -52,10 +52,14 @@ def lease_seconds(env: Mapping[str, str]) -> float:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str
+    timeout_s: float  # longest wait for one command: a hung Redis must not hang a service
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
-        return cls(url=env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0"))
+        timeout = env_float(env, "REDIS_TIMEOUT_S", 1.0)
+        if not timeout > 0:
+            raise SettingsError(f"REDIS_TIMEOUT_S must be positive, got {timeout}")
+        return cls(url=env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0"), timeout_s=timeout)
 
 
 @dataclass(frozen=True, slots=True)

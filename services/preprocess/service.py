@@ -11,14 +11,14 @@ from contextlib import AsyncExitStack
 
 from redis.exceptions import RedisError
 
-from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer, transient
+from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer
 from shared.cache import content_key, redis_client
-from shared.consumer import GroupRunner, NotSettled
+from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest, ImageRef, ImageUrlPart, PartsChatPrompt
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
-from shared.stage import check_deadline, reply_error, run_group
+from shared.stage import check_deadline, forward, reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
 from shared.vision import VisionSpec
@@ -73,18 +73,15 @@ class PreprocessService:
         try:
             check_deadline(req.deadline)
             resolved = await self._resolve(req)
-            await self._publisher.send_and_wait(self.settings.topics.requests, resolved, out_meta)
+            await forward(self._publisher, self.settings.topics.requests, resolved, out_meta,
+                          deadline=req.deadline)
             self.metrics.requests.labels("ok").inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.metrics.requests.labels("error").inc()
-            if transient(exc):
-                # Not forwarded (the broker is unavailable): unsettled, so it is redelivered.
-                log.warning("request %s was not forwarded (%s)", req.request_id, exc)
-                raise NotSettled(req.request_id) from exc
             await reply_error(self._publisher, out_meta, exc, request_id=req.request_id,
-                              source=self.settings.instance_id)
+                              source=self.settings.instance_id, deadline=req.deadline)
 
     async def _resolve(self, req: GenerateRequest) -> GenerateRequest:
         spec = self._vision_model(req.model)

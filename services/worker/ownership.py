@@ -83,6 +83,10 @@ class Ownership:
         return self._owned.get(request_id)
 
     def open(self, request_id: str) -> Owned:
+        """The request's record, new. Callers check `get` first with no await in between:
+        a request has one record at a time."""
+        if request_id in self._owned:
+            raise RuntimeError(f"request {request_id} has a record already")
         owned = Owned(request_id, asyncio.get_running_loop().create_future())
         self._owned[request_id] = owned
         return owned
@@ -114,20 +118,26 @@ class Ownership:
         return True
 
     def hand_over_all(self) -> int:
-        running = [o for o in self._owned.values() if o.claimed]
+        running = [o for o in self._owned.values() if o.claimed and o.stop is None]
         for owned in running:
             owned.halt(Stop.HANDOFF)
         return len(running)
 
     async def settled_within(self, timeout: float) -> bool:
-        pending = [o.done for o in self._owned.values()]
-        if not pending:
-            return True
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        return not still
+        """Wait until no request has a record here (records opened meanwhile included)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._owned:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.wait([o.done for o in self._owned.values()], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+        return True
 
     def held(self) -> list[Owned]:
-        return [o for o in self._owned.values() if o.claimed and o.stop is None]
+        """Claims to renew: every one still ours, including those being handed over (their
+        last replies are stored before the release)."""
+        return [o for o in self._owned.values() if o.claimed and o.stop is not Stop.FENCED]
 
     async def renew(self) -> None:
         """Renew every lease we hold (one renewal at a time; callers share it)."""
@@ -150,7 +160,10 @@ class Ownership:
             lost = await asyncio.wait_for(self._claims.renew(
                 [Held(o.request_id, o.epoch, o.loc, o.keep_ms) for o in held]), self._lease_s / 4)
         except (RedisError, TimeoutError, OSError) as exc:
-            # Nobody else can claim without Redis either: carry on, and ask again soon.
+            # Availability over fencing: with Redis down for every worker, nobody can take a
+            # request over, and stopping would stall every stream. A worker cut off alone
+            # while others take its requests over makes the gateway see two workers
+            # disagree: it ends those streams with an error rather than mix them.
             log.warning("lease renewal failed (%s); carrying on", exc)
             for owned in held:
                 owned.valid_until = max(owned.valid_until, time.monotonic() + self._lease_s / 4)

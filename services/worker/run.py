@@ -8,8 +8,10 @@
 
 How it ends:
 - finished: the final reply is acknowledged by Kafka, then the claim is marked done;
-- stopped for a handoff (shutdown, dead engine): what the engine produced is sent, its
-  delivery awaited, and the claim released for another worker to continue;
+- stopped for a handoff (shutdown, dead engine), or a reply that Kafka did not store:
+  what the engine produced is sent (unless a send failed: the next owner continues from
+  what is stored), its delivery awaited, and the claim released for another worker (or
+  this one, later) to continue;
 - deadline passed or an error: an error reply, acknowledged, ends the stream;
 - fenced (the lease was lost): nothing more is sent.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -49,11 +51,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELIVERY_WAIT_S = 30.0  # how long a handoff waits for its last replies to be stored
+REDIS_WAIT_S = 1.0  # longest wait for a claim update at the end of a request
+DEFAULT_KEEP_MS = 3_600_000  # how long a done mark lasts for a request without a deadline
+LOG_ERRORS = (KafkaError, TimeoutError, OSError)
 
 
 class Mode(Enum):
     FRESH = "fresh"
     TAKEOVER = "takeover"
+    CHECK = "check"  # a fresh claim the store may have forgotten a run of: the log decides
     UNKNOWN = "unknown"  # no claim (Redis unavailable): the reply log decides
 
 
@@ -69,38 +75,47 @@ class RunnerDeps:
     metrics: WorkerMetrics
     client_errors: tuple[type[Exception], ...]
     engine_dead: type[Exception]
-    on_engine_dead: Any  # Callable[[], None]
+    on_engine_dead: Callable[[], None]
 
 
 class _Sender:
-    """Sends a request's replies while its claim is ours; remembers the last delivery."""
+    """Sends a request's replies while its claim is ours; knows whether all were stored."""
 
     def __init__(self, deps: RunnerDeps, owned: Owned, meta: Meta) -> None:
         self._deps = deps
         self._owned = owned
         self._meta = meta
-        self.last: asyncio.Future | None = None
+        self._last: asyncio.Future | None = None
+        self.failed = False  # a reply was not queued or not stored: the stream may have a hole
 
     async def send(self, msg: Any) -> asyncio.Future | None:
         await self._deps.ownership.confirm(self._owned)
         m = self._deps.metrics
-        m.messages.inc()
         queued = time.perf_counter()
-        fut = await self._deps.publisher.reply(self._meta, msg)
+        try:
+            fut = await self._deps.publisher.reply(self._meta, msg)
+        except KafkaError:
+            self.failed = True
+            raise
+        m.messages.inc()
         if fut is not None:
             fut.add_done_callback(lambda _: m.reply_ack.observe(time.perf_counter() - queued))
-            self.last = fut
+            self._last = fut
         return fut
 
     async def stored(self) -> bool:
-        """Wait for the last reply's acknowledgement: True once everything sent is stored."""
-        if self.last is None:
+        """True once everything sent is acknowledged (replies of a request share a partition
+        and are acknowledged in order, so the last acknowledgement covers them all)."""
+        if self.failed:
+            return False
+        if self._last is None:
             return True
         try:
-            await asyncio.wait_for(asyncio.shield(self.last), DELIVERY_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._last), DELIVERY_WAIT_S)
             return True
         except (KafkaError, TimeoutError) as exc:
             log.warning("request %s: a reply was not stored (%s)", self._owned.request_id, exc)
+            self.failed = True
             return False
 
 
@@ -108,28 +123,38 @@ class Runner:
     def __init__(self, deps: RunnerDeps) -> None:
         self._d = deps
 
-    async def run(self, owned: Owned, req: TokenizedRequest, meta: Meta, mode: Mode) -> Outcome:
+    async def run(self, owned: Owned, req: TokenizedRequest, meta: Meta, mode: Mode,
+                  progress: StreamProgress | None = None) -> Outcome:
+        """`progress`: the stream as stored, when the caller read it already (a takeover)."""
         d = self._d
         rid = req.request_id
         stream = ReplyStream(rid, d.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0, epoch=owned.epoch)
         sender = _Sender(d, owned, meta)
+        plan = fresh(req)
+        if mode is not Mode.FRESH:
+            try:
+                progress = progress or await self._stored(req, meta)
+            except LOG_ERRORS as exc:  # try again later, here or elsewhere
+                log.warning("request %s: its stored stream could not be read (%s)", rid, exc)
+                return await self.release(owned)
+            if progress.finished or progress.diverged:
+                # Its end is stored (or the client was already told its stream failed).
+                return await self._done(owned)
+            if mode in (Mode.CHECK, Mode.UNKNOWN) and progress.started:
+                epoch = progress.epoch + 1  # after the run the log remembers
+                if mode is Mode.CHECK and not await self._move_epoch(owned, epoch):
+                    return await self.release(owned)
+                owned.epoch = stream.epoch = epoch
+            if progress.started:  # else nothing was sent: run it whole, as if fresh
+                plan = self._continue(req, owned.epoch, stream, progress)
         deadline = None
         try:
-            plan = fresh(req)
-            if mode is not Mode.FRESH:
-                progress = await self._stored(req, meta)
-                if progress.finished:
-                    return await self._done(owned)  # its end is stored already
-                if mode is Mode.UNKNOWN:
-                    owned.epoch = stream.epoch = progress.epoch + 1 if progress.started else 0
-                if progress.started:  # else nothing was sent: run it whole, as if fresh
-                    plan = self._continue(req, owned.epoch, stream, progress)
             if owned.aborted:  # the client left before this worker started
                 d.metrics.aborts.inc()
                 stream.finish("abort")
             if stream.finished:
-                return await self._final(owned, sender, stream)
+                return await self._end(owned, sender, stream)
             if expired(req):
                 raise DeadlineExceeded("the request's deadline passed before it reached the engine")
             if req.deadline is not None:
@@ -138,27 +163,25 @@ class Runner:
                                         Stop.DEADLINE)
             d.metrics.in_flight.inc()
             try:
-                last = await pump(self._outputs(owned, req, plan, mode), stream, sender.send,
-                                  d.settings.coalesce_ms / 1000, owned.interrupt)
+                await pump(self._outputs(owned, req, plan), stream, sender.send,
+                           d.settings.coalesce_ms / 1000, owned.interrupt)
             finally:
                 d.metrics.in_flight.dec()
-            if last is not None:
-                await last  # stored in Kafka before the claim is done and the offset committed
             d.metrics.tokens.inc(stream.completion_tokens)
             d.metrics.requests.labels("ok").inc()
-            return await self._done(owned)
+            # The final reply stored in Kafka before the claim is done and the offset committed.
+            return await self._end(owned, sender, stream)
         except Interrupted:
             if owned.stop is Stop.FENCED:
                 return self._lost()
             if owned.stop is Stop.DEADLINE:
-                await self._flush(sender, stream)
                 return await self._fail(owned, sender, stream, DeadlineExceeded(
                     "the request's deadline passed during generation"))
             return await self._hand_over(owned, sender, stream)
         except Fenced:
             return self._lost()
         except KafkaError as exc:
-            log.warning("request %s: replies could not be stored (%s); handing it over", rid, exc)
+            log.warning("request %s: a reply could not be sent (%s); releasing it", rid, exc)
             return await self._hand_over(owned, sender, stream)
         except Exception as exc:
             if isinstance(exc, d.engine_dead):
@@ -197,9 +220,18 @@ class Runner:
                  progress.next_seq, [stream.num_tokens(i) for i in range(req.sampling.n)], epoch)
         return plan
 
+    async def _move_epoch(self, owned: Owned, epoch: int) -> bool:
+        try:
+            return await asyncio.wait_for(
+                self._d.claims.move_epoch(owned.request_id, owned.epoch, epoch), REDIS_WAIT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("request %s: could not move its claim to epoch %d (%s)",
+                        owned.request_id, epoch, exc)
+            return False
+
     # -- the engine ----------------------------------------------------------------------
-    async def _outputs(self, owned: Owned, req: TokenizedRequest, plan: Plan,
-                       mode: Mode) -> AsyncIterator[tuple[Any, int | None]]:
+    async def _outputs(self, owned: Owned, req: TokenizedRequest,
+                       plan: Plan) -> AsyncIterator[tuple[Any, int | None]]:
         """The engine's outputs as (RequestOutput, choice) pairs, from one engine request or
         several (a continued stream with several choices)."""
         kind = "fresh" if owned.epoch == 0 else "takeover"
@@ -229,49 +261,41 @@ class Runner:
                 await engine.abort(er.engine_id)
 
     # -- endings -------------------------------------------------------------------------
-    def _lost(self) -> Outcome:
-        self._d.metrics.fenced.inc()
-        return Outcome.LOST
-
-    async def _flush(self, sender: _Sender, stream: ReplyStream) -> None:
-        """Send what the stream holds unsent: the tokens are real, and whoever continues
-        then does not generate them again."""
-        if stream.pending:
-            try:
+    async def _end(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
+        """Send what the stream holds (its final message, if it is finished), then settle:
+        done when everything is stored and the stream finished, else released."""
+        try:
+            if stream.pending and not sender.failed:  # after a failed send it would be a hole
                 await sender.send(stream.take())
-            except KafkaError as exc:
-                log.warning("request %s: could not send its last tokens (%s)", stream.request_id, exc)
+        except Fenced:
+            return self._lost()
+        except KafkaError as exc:
+            log.warning("request %s: its last reply could not be sent (%s)", stream.request_id, exc)
+        if stream.finished and await sender.stored():
+            return await self._done(owned)
+        return await self.release(owned)
 
     async def _hand_over(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
-        try:
-            await self._flush(sender, stream)
-        except Fenced:
-            return self._lost()
-        await sender.stored()
-        if stream.finished:  # the flush was its final message
-            return await self._done(owned)
-        try:
-            await self._d.claims.release(owned.request_id, owned.epoch)
-        except (RedisError, OSError) as exc:  # its lease lapses by itself
-            log.warning("request %s: could not release its claim (%s)", owned.request_id, exc)
-        self._d.metrics.handoffs.inc()
-        log.info("request %s handed over at message %d", owned.request_id, stream.seq)
-        return Outcome.HANDED_OVER
-
-    async def _final(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
-        try:
-            await sender.send(stream.take())
-        except Fenced:
-            return self._lost()
-        except KafkaError:
-            pass  # sender.stored() reports it
-        if not await sender.stored():
-            return await self._hand_over(owned, sender, stream)
-        return await self._done(owned)
+        """Send the tokens the engine produced (whoever continues does not generate them
+        again), wait until they are stored, and release the claim."""
+        outcome = await self._end(owned, sender, stream)
+        if outcome is Outcome.HANDED_OVER:
+            self._d.metrics.handoffs.inc()
+            log.info("request %s handed over at message %d", owned.request_id, stream.seq)
+        return outcome
 
     async def _fail(self, owned: Owned, sender: _Sender, stream: ReplyStream,
                     exc: SluiceError) -> Outcome:
         self._d.metrics.requests.labels("error").inc()
+        if stream.pending and not sender.failed:
+            try:  # the tokens generated before the error (a deadline), then the error
+                await sender.send(stream.take())
+            except Fenced:
+                return self._lost()
+            except KafkaError:
+                pass  # sender.failed: the error reply must not follow a hole
+        if sender.failed:
+            return await self.release(owned)
         reply = error_reply(exc, request_id=stream.request_id, source=stream.source,
                             seq=stream.seq, epoch=stream.epoch)
         try:
@@ -281,14 +305,28 @@ class Runner:
         except KafkaError:
             pass
         if not await sender.stored():
-            # Not stored: nobody was told. Hand it over, so that it is answered later.
-            return await self._hand_over(owned, sender, stream)
+            # Not stored: nobody was told. Release it, so that it is answered later.
+            return await self.release(owned)
         return await self._done(owned)
+
+    def _lost(self) -> Outcome:
+        self._d.metrics.fenced.inc()
+        return Outcome.LOST
+
+    async def release(self, owned: Owned) -> Outcome:
+        if owned.claimed:
+            try:
+                await asyncio.wait_for(self._d.claims.release(owned.request_id, owned.epoch),
+                                       REDIS_WAIT_S)
+            except (RedisError, OSError, TimeoutError) as exc:  # its lease lapses by itself
+                log.warning("request %s: could not release its claim (%s)", owned.request_id, exc)
+        return Outcome.HANDED_OVER
 
     async def _done(self, owned: Owned) -> Outcome:
         try:
-            await self._d.claims.finish(owned.request_id, owned.keep_ms or DEFAULT_KEEP_MS)
-        except (RedisError, OSError) as exc:
+            await asyncio.wait_for(self._d.claims.finish(
+                owned.request_id, owned.epoch, owned.keep_ms or DEFAULT_KEEP_MS), REDIS_WAIT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("request %s: could not mark it done (%s)", owned.request_id, exc)
         return Outcome.SETTLED
 
@@ -301,9 +339,6 @@ class Runner:
             return InvalidRequest(str(exc))
         log.error("generation of %s failed", rid, exc_info=exc)
         return as_sluice_error(exc)
-
-
-DEFAULT_KEEP_MS = 3_600_000  # how long a done mark lasts for a request without a deadline
 
 
 def keep_ms(req: TokenizedRequest) -> int:

@@ -32,14 +32,14 @@ from shared.consumer import GroupRunner, NotSettled
 from shared.contracts import Codec, DecodeErrors, TokenizedRequest
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
-from shared.replylog import LogReader
+from shared.replylog import LogQuery, LogReader, StreamProgress
 from shared.telemetry import child_traceparent, metrics_server
 
 from services.worker.aborts import listen_for_aborts
 from services.worker.engine import client_error_types, engine_dead_error, open_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.ownership import Outcome, Owned, Ownership
-from services.worker.run import Mode, Runner, RunnerDeps, expired, keep_ms
+from services.worker.run import REDIS_WAIT_S, Mode, Runner, RunnerDeps, expired, keep_ms
 from services.worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REDIS_WAIT_S = 1.0  # longest wait for a claim before the worker goes on without Redis
 
 
 class EngineDied(RuntimeError):
@@ -142,16 +141,27 @@ class WorkerService:
         self._stopping = True
         runner.stop()
         reaper.cancel()
-        await _quietly(registry.remove(self.settings.model.route, self.settings.worker_id))
+        await self._unregister(registry)
         # Our partitions move to the other workers at once; the requests running here stay
         # claimed by us, so their new owners wait for them rather than run them again.
-        await _quietly(runner.leave())
+        await _quietly(asyncio.wait_for(runner.leave(), 10))
         drain_s = 0 if self._engine_dead.is_set() else self.settings.drain_s
         if not await self._ownership.settled_within(drain_s):
-            count = self._ownership.hand_over_all()
-            log.warning("handing %d running requests over to other workers", count)
-            await self._ownership.settled_within(60)
+            # Hand over whatever still runs, including takeovers that began meanwhile.
+            deadline = asyncio.get_running_loop().time() + HANDOFF_S
+            while len(self._ownership) and asyncio.get_running_loop().time() < deadline:
+                if count := self._ownership.hand_over_all():
+                    log.warning("handing %d running requests over to other workers", count)
+                await self._ownership.settled_within(1.0)
+        for task in list(self._takeovers):
+            task.cancel()
+        await asyncio.gather(*self._takeovers, return_exceptions=True)
         await runner.drain(5)  # handlers of handed-over requests leave their offsets uncommitted
+        await self._unregister(registry)  # again: a heartbeat in flight may have re-added us
+
+    async def _unregister(self, registry: WorkerRegistry) -> None:
+        await _quietly(asyncio.wait_for(
+            registry.remove(self.settings.model.route, self.settings.worker_id), REDIS_WAIT_S))
 
     # -- the group handler ---------------------------------------------------------------
     async def settle(self, req: TokenizedRequest, meta: Meta) -> None:
@@ -177,6 +187,11 @@ class WorkerService:
         outcome = Outcome.HANDED_OVER
         try:
             outcome = await self._claim_and_run(owned, req, meta)
+        except Exception:
+            # A bug, not bad input: the request stays unsettled (its claim lapses or was
+            # released), to be tried again rather than committed past.
+            log.exception("request %s failed in the worker", req.request_id)
+            await self._runner.release(owned)
         finally:
             self._ownership.close(owned, outcome)
         return outcome
@@ -187,6 +202,8 @@ class WorkerService:
         loc = meta.origin
         keep = keep_ms(req)
         while True:
+            if self._stopping:  # a record polled just before the stop: leave it for the others
+                return Outcome.HANDED_OVER
             asked_at = time.monotonic()
             claim = await self._acquire(req.request_id, loc, keep)
             if claim is None:  # without Redis, the reply log decides
@@ -196,14 +213,17 @@ class WorkerService:
                 return Outcome.SETTLED
             if claim.standing is not Standing.ACQUIRED:
                 # Another worker's live lease: wait until it is done, or lapses (then take over).
-                if self._stopping:
-                    return Outcome.HANDED_OVER
                 await asyncio.sleep(self._poll_s)
                 continue
             self._ownership.claimed(owned, claim.epoch, loc, keep, asked_at)
             owned.aborted = owned.aborted or claim.aborted
-            return await self._runner.run(owned, req, meta,
-                                          Mode.TAKEOVER if claim.takeover else Mode.FRESH)
+            if claim.takeover:
+                mode = Mode.TAKEOVER
+            elif claim.may_have_run(req.created):  # Redis restarted empty since it was made
+                mode = Mode.CHECK
+            else:
+                mode = Mode.FRESH
+            return await self._runner.run(owned, req, meta, mode)
 
     async def _acquire(self, rid: str, loc: RecordLoc | None, keep: int) -> Claim | None:
         try:
@@ -217,58 +237,97 @@ class WorkerService:
         """Take over this model's requests whose owner stopped renewing its lease."""
         while True:
             await asyncio.sleep(self._poll_s)
-            if len(self._ownership) >= self.settings.max_in_flight:
+            room = self.settings.max_in_flight - len(self._ownership)
+            if room <= 0:
                 continue
             try:
-                lapsed = await asyncio.wait_for(self._claims.lapsed(), REDIS_WAIT_S)
+                lapsed = await asyncio.wait_for(self._claims.lapsed(room), REDIS_WAIT_S)
             except (RedisError, OSError, TimeoutError):
                 continue
-            for rid in lapsed:
-                if rid not in self._ownership:
-                    task = asyncio.create_task(self._take_over(rid), name=f"takeover-{rid}")
-                    self._takeovers.add(task)
-                    task.add_done_callback(self._takeovers.discard)
+            # Records first, with no await in between: a copy of one of these requests that
+            # the group delivers meanwhile waits for this takeover instead of racing it.
+            batch = [self._ownership.open(rid) for rid in lapsed if rid not in self._ownership]
+            if batch:
+                task = asyncio.create_task(self._take_over(batch), name="takeover")
+                self._takeovers.add(task)
+                task.add_done_callback(self._takeovers.discard)
 
-    async def _take_over(self, rid: str) -> None:
-        owned = self._ownership.open(rid)
+    async def _take_over(self, batch: list[Owned]) -> None:
+        """Claim what lapsed, read the requests back, read their streams in one pass over
+        the reply log, and continue each."""
+        ready: list[tuple[Owned, TokenizedRequest, Meta]] = []
+        for owned in batch:
+            outcome = Outcome.LOST
+            try:
+                found = await self._claim_lapsed(owned)
+                if isinstance(found, Outcome):
+                    outcome = found
+                else:
+                    ready.append((owned, *found))
+                    continue
+            except Exception:
+                log.exception("takeover of %s failed", owned.request_id)
+                outcome = await self._runner.release(owned)
+            self._ownership.close(owned, outcome)
+        if not ready:
+            return
+        try:
+            stored = await self._replies.replies(
+                [LogQuery(r.request_id, m.reply_to, r.created) for _, r, m in ready
+                 if m.reply_to is not None])
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("the reply log could not be read (%s); the takeovers wait", exc)
+            stored = {}
+        await asyncio.gather(*(self._continue(o, r, m, stored.get(r.request_id)) for o, r, m in ready))
+
+    async def _claim_lapsed(self, owned: Owned) -> Outcome | tuple[TokenizedRequest, Meta]:
+        rid = owned.request_id
+        if self._stopping:
+            return Outcome.LOST
+        asked_at = time.monotonic()
+        claim = await self._acquire(rid, None, _REAP_KEEP_MS)
+        if claim is None or claim.standing is not Standing.ACQUIRED:
+            return Outcome.SETTLED if claim and claim.standing is Standing.DONE else Outcome.LOST
+        self._ownership.claimed(owned, claim.epoch, claim.loc, _REAP_KEEP_MS, asked_at)
+        owned.aborted = owned.aborted or claim.aborted
+        try:
+            found = await self._request_at(claim.loc)
+        except _Gone as gone:
+            # Past retention (or never readable): nothing can answer it any more.
+            log.warning("request %s: its lease lapsed but its record is gone (%s); dropped", rid, gone)
+            await _quietly(asyncio.wait_for(
+                self._claims.finish(rid, claim.epoch, _REAP_KEEP_MS), REDIS_WAIT_S))
+            return Outcome.SETTLED
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("request %s: its record could not be read now (%s)", rid, exc)
+            return await self._runner.release(owned)
+        owned.keep_ms = keep_ms(found[0])
+        return found
+
+    async def _continue(self, owned: Owned, req: TokenizedRequest, meta: Meta,
+                        stored: StreamProgress | None) -> None:
         outcome = Outcome.HANDED_OVER
         try:
-            asked_at = time.monotonic()
-            claim = await self._acquire(rid, None, _REAP_KEEP_MS)
-            if claim is None or claim.standing is not Standing.ACQUIRED:
-                outcome = Outcome.SETTLED if claim and claim.standing is Standing.DONE else Outcome.LOST
-                return
-            found = await self._request_at(claim.loc)
-            if found is None:  # the record is gone (or never was): nothing can be done with it
-                log.warning("request %s: its lease lapsed but its record %s is gone; dropped",
-                            rid, claim.loc)
-                await _quietly(self._claims.finish(rid, _REAP_KEEP_MS))
-                outcome = Outcome.SETTLED
-                return
-            req, meta = found
-            self._ownership.claimed(owned, claim.epoch, claim.loc, keep_ms(req), asked_at)
-            owned.aborted = claim.aborted
-            meta = Meta(rid, meta.reply_to, child_traceparent(meta.traceparent), meta.origin)
-            outcome = await self._runner.run(owned, req, meta, Mode.TAKEOVER)
+            meta = Meta(req.request_id, meta.reply_to, child_traceparent(meta.traceparent),
+                        meta.origin)
+            outcome = await self._runner.run(owned, req, meta, Mode.TAKEOVER, stored)
         except Exception:
-            log.exception("takeover of %s failed", rid)
+            log.exception("takeover of %s failed", req.request_id)
+            outcome = await self._runner.release(owned)
         finally:
             self._ownership.close(owned, outcome)
 
-    async def _request_at(self, loc: RecordLoc | None) -> tuple[TokenizedRequest, Meta] | None:
+    async def _request_at(self, loc: RecordLoc | None) -> tuple[TokenizedRequest, Meta]:
+        """The request record at `loc`; raises _Gone when it cannot be had any more."""
         if loc is None:
-            return None
-        try:
-            record = await self._replies.record(loc.topic, loc.partition, loc.offset)
-        except KafkaError as exc:
-            log.warning("could not read %s: %s", loc, exc)
-            return None
+            raise _Gone("the claim names no record")
+        record = await self._replies.record(loc.topic, loc.partition, loc.offset)
         if record is None:
-            return None
+            raise _Gone(f"nothing at {loc.encode()}")
         try:
             return self._codec.decode(record.value), Meta.of_record(record)
-        except (*DecodeErrors, ValueError):
-            return None
+        except (*DecodeErrors, ValueError) as exc:
+            raise _Gone(f"{loc.encode()} is not a request: {exc!r}") from None
 
     # -- liveness ------------------------------------------------------------------------
     async def _beat(self, registry: WorkerRegistry) -> None:
@@ -306,6 +365,11 @@ class WorkerService:
 
 
 _REAP_KEEP_MS = 3_600_000  # before the request (and so its deadline) is read back
+HANDOFF_S = 60.0  # longest a shutdown waits for its handoffs (their last replies stored)
+
+
+class _Gone(Exception):
+    """A lapsed request whose record cannot be read any more."""
 
 
 async def _quietly(coro) -> None:

@@ -74,7 +74,7 @@ async def test_released_requests_are_taken_over_at_once(redis):
 async def test_done_is_done(redis):
     a, b = claims(redis, "A"), claims(redis, "B")
     await a.acquire("r5", LOC, KEEP_MS)
-    await a.finish("r5", KEEP_MS)
+    assert await a.finish("r5", 0, KEEP_MS)
     assert (await b.acquire("r5", LOC, KEEP_MS)).standing is Standing.DONE
     assert "r5" not in await b.lapsed()
     assert 0 < await redis.pttl("t:claim:r5") <= KEEP_MS  # the mark goes with the deadline
@@ -93,3 +93,38 @@ async def test_claims_lost_with_redis_are_taken_back_by_their_owner(redis):
     assert await a.renew([Held("r7", 2, LOC, KEEP_MS)]) == set()
     other = await b.acquire("r7", LOC, KEEP_MS)
     assert (other.standing, other.previous_owner, other.epoch) == (Standing.ELSEWHERE, "A", 2)
+
+
+async def test_only_the_holder_finishes_or_releases(redis):
+    a, b = claims(redis, "A", lease_s=0.3), claims(redis, "B")
+    await a.acquire("r8", LOC, KEEP_MS)
+    await asyncio.sleep(0.4)
+    assert (await b.acquire("r8", None, KEEP_MS)).epoch == 1  # B took it over
+    # A, stale, neither ends B's stream nor frees B's lease.
+    assert not await a.finish("r8", 0, KEEP_MS)
+    assert not await a.release("r8", 0)
+    assert (await claims(redis, "C").acquire("r8", LOC, KEEP_MS)).standing is Standing.ELSEWHERE
+    assert await b.finish("r8", 1, KEEP_MS)
+
+
+async def test_a_request_answered_without_a_claim_is_marked_done(redis):
+    """An expired request is answered before anyone claims it."""
+    assert await claims(redis, "A").finish("r9", 0, KEEP_MS)
+    assert (await claims(redis, "B").acquire("r9", LOC, KEEP_MS)).standing is Standing.DONE
+
+
+async def test_after_redis_restarted_empty_older_requests_may_have_run(redis):
+    import time
+
+    before = time.time()
+    await claims(redis, "A").acquire("r10", LOC, KEEP_MS)
+    await redis.flushdb()  # Redis restarted empty: every claim forgotten
+    fresh = await claims(redis, "B").acquire("r10", LOC, KEEP_MS)
+    assert (fresh.standing, fresh.epoch) == (Standing.ACQUIRED, 0)
+    assert fresh.may_have_run(created=before)  # made before the store restarted: check the log
+    assert not fresh.may_have_run(created=fresh.since + 60)
+    # The log says epoch 3 ran: the claim moves there, for its renewals to match.
+    b = claims(redis, "B")
+    assert await b.move_epoch("r10", 0, 4)
+    assert await b.renew([Held("r10", 4, LOC, KEEP_MS)]) == set()
+    assert not await claims(redis, "C").move_epoch("r10", 4, 5)  # only the holder moves it

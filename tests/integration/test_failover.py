@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import psutil
 import pytest
+from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
 from infra.procs import ServiceProcess, detail
@@ -107,26 +108,49 @@ async def test_a_second_worker_joining_mid_load_runs_nothing_twice(http, stack, 
 async def test_a_paused_worker_that_lost_its_claims_sends_nothing_more(http, stack, extra):
     """SIGSTOP a worker for longer than its lease: the other worker takes its streams over.
     When it runs again, its engine has kept generating, but it finds its claims gone and
-    sends none of that: the clients' streams stay whole."""
+    sends none of that: the clients' streams stay whole, and the reply log holds no message
+    of the old claim after the takeover, but for one already on its way when it stopped."""
     second = extra.get("worker-2") or await asyncio.to_thread(
         start_worker, stack, "worker-2", stack.model, SLUICE_DRAIN_S="0")
     extra["worker-2"] = second
     first = stack.procs[stack.text_worker]
     urls = {p: metrics_url(p) for p in (first, second)}
-    tasks, progress = start_streams(http, stack.model, lengths(900), "pause")
-    await progress.all_have(8)
-    busy = [p for p in urls if await _busy(http, urls[p])]
-    victim = busy[0]
-    fenced = await metric(http, urls[victim], "sluice_worker_fenced_total")
-    before = progress.snapshot()
-    victim.signal(signal.SIGSTOP)
-    try:
-        await asyncio.sleep(LEASE_S + 3)  # a pause: nothing to await but time itself
-    finally:
-        victim.signal(signal.SIGCONT)
-    cut = assert_all_complete(await finish(tasks), before)
-    assert cut > 0
-    await eventually(lambda: _fenced_more(http, urls[victim], fenced))
+    async with reader(stack.kafka, stack.reply_topic, from_start=False) as replies:
+        tasks, progress = start_streams(http, stack.model, lengths(900), "pause")
+        await progress.all_have(8)
+        victim = [p for p in urls if await _busy(http, urls[p])][0]
+        fenced = await metric(http, urls[victim], "sluice_worker_fenced_total")
+        before = progress.snapshot()
+        victim.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(LEASE_S + 3)  # the pause itself: time is the fault
+        finally:
+            victim.signal(signal.SIGCONT)
+        results = await finish(tasks)
+        cut = assert_all_complete(results, before)
+        assert cut > 0
+        await eventually(lambda: _fenced_more(http, urls[victim], fenced))
+        log = await _replies_of(replies, stack.reply_topic, {s.request_id for s in results})
+    for rid, records in log.items():
+        taken = [i for i, (epoch, _) in enumerate(records) if epoch > 0]
+        if taken:
+            late = [r for r in records[taken[0]:] if r[0] == 0]
+            assert len(late) <= 1, f"{rid}: the paused worker sent {late} after the takeover"
+
+
+async def _replies_of(consumer, topic: str, rids: set[str]) -> dict[str, list[tuple[int, int]]]:
+    """(epoch, seq) of every reply of these requests, in log order, up to the log's end."""
+    codec = Codec(Reply)
+    out: dict[str, list[tuple[int, int]]] = {rid: [] for rid in rids}
+    tp = TopicPartition(topic, 0)
+    end = (await consumer.end_offsets([tp]))[tp]
+    while await consumer.position(tp) < end:
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            for record in records:
+                if record.key and record.key.decode() in out:
+                    msg = codec.decode(record.value)
+                    out[msg.request_id].append((msg.epoch, msg.seq))
+    return out
 
 
 async def _fenced_more(http, url: str, before: float) -> bool:
@@ -186,6 +210,24 @@ async def test_sigkill_of_the_only_worker_loses_no_stream(http, stack):
     await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
 
 
+async def test_redis_restarted_empty_and_the_worker_killed_loses_no_stream(http, stack):
+    """Redis (without persistence) is killed with the worker: the claims are gone when the
+    restarted worker gets the requests again. It sees they were made before the store
+    restarted, reads their streams from the reply log, and continues them."""
+    worker, redis = stack.procs[stack.text_worker], stack.infra["redis"]
+    takeovers = await gateway_takeovers(http)
+    tasks, progress = start_streams(http, stack.model, lengths(1000), "redis-lost")
+    await progress.all_have(8)
+    before = progress.snapshot()
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    os.kill(redis.proc.pid, signal.SIGKILL)
+    await asyncio.to_thread(stack.supervisor.wait_restarted, "redis", redis, 60)
+    results = await finish(tasks)
+    assert assert_all_complete(results, before) == STREAMS
+    assert await gateway_takeovers(http) - takeovers == STREAMS
+    await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
+
+
 async def test_engine_death_hands_over_and_the_worker_exits_non_zero(http, stack):
     """Only vLLM's EngineCore dies. The worker sends what it has, releases its claims,
     stops advertising itself and exits non-zero; its model gets fast 503s (and only it)
@@ -232,6 +274,7 @@ async def test_a_takeover_by_a_standby_worker_is_token_exact(http, stack, extra)
         disturbed = Stream(1200)
         task = asyncio.create_task(complete(http, stack.vl_model, prompt, disturbed))
         while len(disturbed.tokens) < 200:
+            assert not task.done(), (disturbed.status, disturbed.errors)
             await asyncio.sleep(0.01)  # a client's view of the stream; nothing to await on
         owner = await _owner(stack, disturbed.request_id)
         victim = next(p for p in (stack.procs[name], standby) if detail(p.ready_detail, "owner") == owner)
