@@ -3,11 +3,18 @@
 vLLM's CPU backend binds its executor's compute threads to some cores and leaves the rest
 for "everything else", but its engine core's busy loop floats onto those cores too, where
 it starves this worker's Kafka client, the broker and the gateway: replies then reach
-clients in bursts. So the engine's processes go to the executor's cores, at a lower
-priority, and everything else stays off those cores (`keep_off`): at that priority, any
-process the kernel puts on an engine core preempts the engine (measured in interleaved
-A/B runs: its threads' run-queue wait fell to vllm serve's level, and tokens/s at
-concurrency 32 rose by a median 5%).
+clients in bursts. So the engine's processes go to the executor's cores and everything
+else stays off those cores (`keep_off`).
+
+Their niceness (WORKER_ENGINE_NICE) is 0 by default. A lower priority was measured to help
+(a median 5% at concurrency 32) while each local service ran in a session of its own: with
+the kernel's autogroup scheduling, niceness then only ranked the engine against its own
+worker's threads. The launcher now keeps every process in the launcher's session (one CPU
+share, see infra.procs.Child), where an engine at nice 10 loses its core to any process
+that lands there, unpinned ones included (the load client, the launcher): tokens/s at
+concurrency 32 fell by a quarter to a third against nice 0 (`make bench`'s c32 load,
+medians of three rounds, one run of each setting: Sluice 1,192 against 1,540, vllm serve
+with the same placement 1,461 against 2,052).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class EngineSettings:
             max_num_seqs=env_int(env, "WORKER_MAX_NUM_SEQS", 128, minimum=1),
             enforce_eager=env_bool(env, "WORKER_ENFORCE_EAGER", True),
             kv_cache_gib=env_float(env, "WORKER_KV_CACHE_GIB", 1.0),
-            nice=env_int(env, "WORKER_ENGINE_NICE", 10 if pool == "cpu" else 0, minimum=0),
+            nice=env_int(env, "WORKER_ENGINE_NICE", 0, minimum=0),  # see worker.placement
             cpus=_cpus(env.get("WORKER_ENGINE_CPUS", "executor" if pool == "cpu" else "").strip()),
             extra=extra,
         )

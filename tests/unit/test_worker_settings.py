@@ -17,7 +17,7 @@ def _env(tmp_path, **extra):
 def test_cpu_pool_defaults(tmp_path):
     s = WorkerSettings.from_env(_env(tmp_path))
     assert s.pool == "cpu" and s.group_id == f"sluice-worker-cpu.{tmp_path.name}"
-    assert s.engine.nice == 10 and s.engine.extra == {}
+    assert s.engine.nice == 0 and s.engine.extra == {}
 
 
 def test_cuda_and_ascend_pools_are_selectable(tmp_path):
