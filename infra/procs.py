@@ -165,8 +165,10 @@ def detail(ready_detail: str, key: str) -> str:
 
 def plan(env: dict[str, str]) -> dict[str, tuple[str, dict[str, str]]]:
     """The processes of a whole stack, in start order (they stop in reverse): a worker per
-    served model, preprocess if a model takes images, the tokenizer and the gateway.
-    Name → (module, extra environment)."""
+    served model, preprocess if a model takes images, the tokenizer and the gateways
+    (SLUICE_GATEWAYS, 1 by default: `gateway`, then `gateway-1`…, on consecutive ports from
+    GATEWAY_PORT, with the ids `<GATEWAY_ID or gw>-<i>`, so each reads its own reply
+    partition). Name → (module, extra environment)."""
     from shared.settings import ModelCatalog
 
     catalog = ModelCatalog.from_env(env)
@@ -176,8 +178,21 @@ def plan(env: dict[str, str]) -> dict[str, tuple[str, dict[str, str]]]:
     if any(spec.vision is not None for spec in catalog.models):
         procs["preprocess"] = ("services.preprocess", {})
     procs["tokenizer"] = ("services.tokenizer", {})
-    procs["gateway"] = ("services.gateway", {})
+    count = int(env.get("SLUICE_GATEWAYS") or "1")
+    if count < 1:
+        raise ValueError(f"SLUICE_GATEWAYS must be at least 1, got {count}")
+    port = int(env.get("GATEWAY_PORT") or "8000")
+    base_id = env.get("GATEWAY_ID") or "gw"
+    for i in range(count):
+        procs["gateway" if i == 0 else f"gateway-{i}"] = ("services.gateway", {
+            "GATEWAY_PORT": str(port + i if port else 0), "GATEWAY_ID": f"{base_id}-{i}"})
     return procs
+
+
+def gateway_urls(procs: dict[str, ServiceProcess]) -> list[str]:
+    """Every gateway's URL, the first one first."""
+    return [detail(p.ready_detail, "url") for name, p in procs.items()
+            if name == "gateway" or name.startswith("gateway-")]
 
 
 def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *, echo: bool = False,

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from infra.localinfra import ROOT, local_infra, port_or_free
-from infra.procs import start_services
+from infra.procs import gateway_urls, start_services
 from infra.supervise import Supervisor
 
 
@@ -35,13 +35,16 @@ def main() -> None:
             run_dir, kafka_port=port_or_free(int(os.environ.get("SLUICE_KAFKA_PORT", "9092"))),
             redis_port=port_or_free(int(os.environ.get("SLUICE_REDIS_PORT", "6379")))))
         env = {**os.environ, **endpoints.env()}
-        print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url}", flush=True)
+        print(f"Kafka {endpoints.kafka_bootstrap}, Redis {endpoints.redis_url} (state), "
+              f"{endpoints.redis_cache_url} (cache)", flush=True)
         procs, url = start_services(stack, env, run_dir, echo=echo,  # stopped before the infra
                                     neighbours=list(endpoints.pids.values()))
         supervisor = Supervisor([endpoints.units, procs], lambda line: print(line, flush=True))
         stack.callback(supervisor.stop)  # unwinds first: no restarts while stopping
         supervisor.start()
-        print(f"Sluice is serving at {url}/v1 (ready in {time.monotonic() - started:.1f}s); "
+        urls = gateway_urls(procs)
+        also = f" (and {', '.join(u + '/v1' for u in urls[1:])})" if len(urls) > 1 else ""
+        print(f"Sluice is serving at {url}/v1{also} (ready in {time.monotonic() - started:.1f}s); "
               f"logs in {run_dir}. Ctrl-C stops it.", flush=True)
         while not stop.is_set():
             if os.getppid() != parent:  # `make` was killed without passing the signal on

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from shared.contracts import Codec, Wire
@@ -35,7 +36,7 @@ def transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ReplyTo:
-    """Where replies for a request go: one partition that only its gateway reads."""
+    """Where replies for a request go: one partition of the reply topic."""
 
     topic: str
     partition: int
@@ -195,7 +196,8 @@ async def kafka_consumer(settings: KafkaSettings, *topics: str, client_id: str,
 
 async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], *,
                         timeout: float = 60.0) -> None:
-    """Create missing topics with their explicit partition counts (idempotent)."""
+    """Create missing topics with their partition counts and configs (idempotent); give
+    existing ones the configs they lack (retention, say, on a deployment that predates it)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
@@ -203,29 +205,64 @@ async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], *,
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(s.name, s.partitions, settings.replication_factor)
+            missing = [NewTopic(s.name, s.partitions, settings.replication_factor,
+                                topic_configs=dict(s.configs))
                        for s in specs if s.name not in existing]
             if missing:
-                try:
-                    response = await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    return
-                for topic, code, *rest in response.topic_errors:
-                    if code not in (0, TopicAlreadyExistsError.errno):
-                        detail = rest[0] if rest else ""
-                        raise RuntimeError(f"could not create topic {topic}: error {code} {detail}")
+                await _create(admin, missing)
+            await _reconcile(admin, [s for s in specs if s.name in existing and s.configs])
             return
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)  # broker still starting: retry with a deadline
-        except KafkaError as exc:
-            # create_topics reports per-topic errors; a concurrent creator is fine.
-            if "TopicAlreadyExists" not in repr(exc):
-                raise
-            return
         finally:
             await admin.close()
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    try:
+        response = await admin.create_topics(topics)
+    except TopicAlreadyExistsError:
+        return
+    except KafkaError as exc:
+        # create_topics reports per-topic errors; a concurrent creator is fine.
+        if "TopicAlreadyExists" not in repr(exc):
+            raise
+        return
+    for topic, code, *rest in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            detail = rest[0] if rest else ""
+            raise RuntimeError(f"could not create topic {topic}: error {code} {detail}")
+
+
+_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself
+
+
+async def _reconcile(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
+    """Set the configs an existing topic lacks. AlterConfigs replaces a topic's whole set
+    of overrides, so the ones it has are sent back with ours."""
+    if not specs:
+        return
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs])
+        current: dict[str, dict[str, str]] = {}
+        for response in responses:
+            for _code, _msg, _type, name, entries in response.resources:
+                current[name] = {e[0]: e[1] for e in entries
+                                 if len(e) > 3 and e[3] == _DYNAMIC_TOPIC_CONFIG}
+        changes = []
+        for spec in specs:
+            have = current.get(spec.name, {})
+            if any(have.get(k) != v for k, v in spec.configs.items()):
+                changes.append(ConfigResource(ConfigResourceType.TOPIC, spec.name,
+                                              configs={**have, **spec.configs}))
+        if changes:
+            await admin.alter_configs(changes)
+            log.info("set configs on existing topics: %s", [c.name for c in changes])
+    except KafkaError as exc:  # not fatal: the topics work, with the broker's defaults
+        log.warning("could not check or set the configs of existing topics: %r", exc)
 
 
 async def assign_from_end(consumer: AIOKafkaConsumer, spec: TopicSpec) -> None:

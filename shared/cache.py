@@ -1,26 +1,13 @@
-"""Redis: the shared cache and state store (token cache, worker liveness). Preprocessed
-images live in shared.images, request claims and abort marks in shared.claims."""
+"""Redis: the token cache (cache server) and worker liveness (state server). Preprocessed
+images live in shared.images, request claims in shared.claims, stream watches in
+shared.watches; connections in shared.redisconn."""
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
-
-from shared.settings import RedisSettings
-
-
-@asynccontextmanager
-async def redis_client(settings: RedisSettings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.url, socket_connect_timeout=settings.timeout_s,
-                            socket_timeout=settings.timeout_s, health_check_interval=30)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def content_key(*parts: bytes) -> str:
@@ -57,25 +44,42 @@ _NOW_S = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2
 
 class WorkerRegistry:
     """Worker liveness per model route (`<pool>.<model>`): worker ids scored by their last
-    heartbeat, on Redis's clock (host clocks may disagree)."""
+    heartbeat, on Redis's clock (host clocks may disagree).
+
+    A registry younger than one heartbeat period (`<prefix>:workers-since`: a Redis that
+    restarted empty, or a new deployment) is incomplete: live workers have not all beaten
+    into it yet, so it answers "unknown" rather than "none"."""
 
     def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
         self._prefix = f"{prefix}:workers:"
+        self._since = f"{prefix}:workers-since"
         self._ttl = ttl_s
-        # KEYS: the route's set. ARGV: worker id.
-        self._beat = redis.register_script(_NOW_S + "return redis.call('ZADD', KEYS[1], now, ARGV[1])")
-        # KEYS: the route's set. ARGV: ttl. Workers silent for long are dropped; live ones counted.
-        self._live = redis.register_script(_NOW_S + """
+        # KEYS: the route's set, since. ARGV: worker id.
+        self._beat = redis.register_script(_NOW_S + _SINCE + """
+return redis.call('ZADD', KEYS[1], now, ARGV[1])""")
+        # KEYS: the route's set, since. ARGV: ttl. Workers silent for long are dropped; live
+        # ones counted; -1 while the registry is too young to tell.
+        self._live = redis.register_script(_NOW_S + _SINCE + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 6 * tonumber(ARGV[1]))
-return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local live = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+if live == 0 and now - since < tonumber(ARGV[1]) then return -1 end
+return live
 """)
         self._redis = redis
 
     async def heartbeat(self, route: str, worker_id: str) -> None:
-        await self._beat(keys=[self._prefix + route], args=[worker_id])
+        await self._beat(keys=[self._prefix + route, self._since], args=[worker_id])
 
     async def remove(self, route: str, worker_id: str) -> None:
         await self._redis.zrem(self._prefix + route, worker_id)
 
-    async def live(self, route: str) -> int:
-        return int(await self._live(keys=[self._prefix + route], args=[self._ttl]))
+    async def live(self, route: str) -> int | None:
+        """Live workers of the route; None while the registry cannot tell yet."""
+        count = int(await self._live(keys=[self._prefix + route, self._since], args=[self._ttl]))
+        return None if count < 0 else count
+
+
+# KEYS[2]: when the registry began (Redis's clock, seconds); set by whoever comes first.
+_SINCE = """local since = tonumber(redis.call('GET', KEYS[2]) or '0')
+if since == 0 then since = now redis.call('SET', KEYS[2], now) end
+"""

@@ -10,6 +10,9 @@ not a valid envelope goes to the dead-letter topic and the consumer carries on.
 A rebalance that takes a partition away drops its offset tracker; handlers of its messages
 that finish later no longer count (the partition's new owner gets them again), even when
 the same consumer gets the partition back.
+
+A Kafka error in the poll loop (the cluster unreachable, a partition without a leader) is
+retried with backoff: the loop outlives any outage and goes on when Kafka is back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from shared.contracts import Codec, DecodeErrors
 from shared.offsets import PartitionOffsets
 
 log = logging.getLogger(__name__)
+
+RETRY_S = (0.5, 5.0)  # first and longest wait after a failed poll
 
 T = TypeVar("T")
 Handler = Callable[[T, Meta], Awaitable[None]]
@@ -70,12 +75,21 @@ class GroupRunner(Generic[T]):
     async def run(self) -> None:
         self._started = True
         committer = asyncio.create_task(self._commit_loop(), name=f"{self._name}-commit")
+        delay = RETRY_S[0]
         try:
             while not self._stopping:
-                if len(self._tasks) >= self._max:
-                    await self._wait_for_capacity()
+                try:
+                    if len(self._tasks) >= self._max:
+                        await self._wait_for_capacity()
+                        continue
+                    batches = await self._consumer.getmany(
+                        timeout_ms=500, max_records=self._max - len(self._tasks))
+                except KafkaError as exc:
+                    log.warning("%s: poll failed (%r); retrying in %gs", self._name, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_S[1])
                     continue
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max - len(self._tasks))
+                delay = RETRY_S[0]
                 for tp, records in batches.items():
                     for record in records:
                         await self._dispatch(tp, record)

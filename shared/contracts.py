@@ -10,7 +10,9 @@ Stages, named by their types:
                       URLs goes to <prefix>.preprocess first, which resolves them to
                       ImageRefs in Redis and forwards it to <prefix>.requests)
     TokenizedRequest (tokenizer → the model's workers, topic <prefix>.infer.<pool>.<model>)
-    TokenDelta | ErrorReply (any stage → the gateway's own reply topic)
+    StreamOpened     (gateway → the reply partition of a streamed request, before the request:
+                      what any gateway needs to serve the stream again, on a resume)
+    TokenDelta | ErrorReply (any stage → the request's reply partition, <prefix>.replies)
     AbortRequest     (gateway → every worker, topic <prefix>.aborts)
 """
 
@@ -52,6 +54,9 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     width: int
     height: int
     tokens: int  # placeholder tokens the served model's processor gives it
+    # The RGB pixels themselves, set only when the image store was unavailable: the request
+    # then carries them (within Kafka's message limit) instead of a claim check.
+    pixels: bytes | None = None
 
 
 class TextPart(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="text"):
@@ -124,6 +129,10 @@ class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
     # Unix seconds after which nobody waits for the answer: a stage that gets the request
     # later answers with a timeout error and does no work. None: no deadline.
     deadline: float | None = None
+    # A request a gateway watches (shared.watches): once no gateway has watched its stream
+    # for this many seconds (a client that left and did not resume), the worker abandons it.
+    # None: nobody watches it (an integration reading its reply topic itself).
+    grace_s: float | None = None
 
 
 class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request"):
@@ -134,6 +143,7 @@ class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request")
     created: float
     images: list[ImageRef] = []  # in the order of their placeholder runs
     deadline: float | None = None  # as in GenerateRequest
+    grace_s: float | None = None  # as in GenerateRequest
 
 
 class AbortRequest(Wire, frozen=True, kw_only=True, tag="abort_request"):
@@ -194,6 +204,24 @@ class ErrorReply(Wire, frozen=True, kw_only=True, tag="error_reply"):
 
 
 Reply = TokenDelta | ErrorReply
+
+
+class StreamOpened(Wire, frozen=True, kw_only=True, tag="stream_opened"):
+    """A streamed request's first record in its reply partition, written by the gateway that
+    took it: enough for any gateway to serve the stream again from the log (a resume)."""
+
+    request_id: str
+    gateway: str
+    endpoint: Literal["chat", "completions"]
+    model: str
+    created: float
+    n: int
+    include_usage: bool
+    owner: str = ""  # SHA-256 (hex) of the API key that started it; "" without keys
+    deadline: float | None = None
+
+
+LogRecord = TokenDelta | ErrorReply | StreamOpened  # what a reply partition holds
 
 T = TypeVar("T")
 

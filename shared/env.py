@@ -20,7 +20,8 @@ def env_opt(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -28,19 +29,29 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | N
         value = int(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
-    if minimum is not None and value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _bounded(name, value, minimum, maximum)
 
 
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float | None = None,
+              maximum: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    if value != value:  # NaN passes no bound
+        raise SettingsError(f"{name} must be a number, got {raw!r}")
+    return _bounded(name, value, minimum, maximum)
+
+
+def _bounded(name: str, value, minimum, maximum):
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
+    return value
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -67,6 +67,18 @@ class Unavailable(Overloaded):
     code = "unavailable"
 
 
+class BusUnavailable(Unavailable):
+    """Kafka has been unreachable for too long: the stream may be resumed once it is back."""
+
+    code = "bus_unavailable"
+
+
+class StreamNotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    code = "stream_not_found"
+
+
 class UpstreamTimeout(SluiceError):
     status = 504
     type = "timeout"

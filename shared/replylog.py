@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from shared.bus import ReplyTo
-from shared.contracts import Codec, DecodeErrors, ErrorReply, FinishReason, Reply
+from shared.contracts import Codec, DecodeErrors, ErrorReply, FinishReason, LogRecord, StreamOpened
 from shared.sequence import ReplySequencer, Verdict
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ class StreamProgress:
     def choice(self, index: int) -> ChoiceProgress:
         return self.choices.setdefault(index, ChoiceProgress())
 
-    def add(self, msg: Reply) -> None:
-        if self.finished:
+    def add(self, msg: LogRecord) -> None:
+        if self.finished or isinstance(msg, StreamOpened):  # a stream's header: for gateways
             return
         verdict = self.sequencer.offer(msg)
         if verdict in (Verdict.GAP, Verdict.DIVERGED):
@@ -90,7 +90,7 @@ class LogReader:
         self._consumer = consumer
         self._skew_s = skew_s
         self._lock = asyncio.Lock()
-        self._codec: Codec[Reply] = Codec(Reply)
+        self._codec: Codec[LogRecord] = Codec(LogRecord)
 
     async def replies(self, queries: list[LogQuery]) -> dict[str, StreamProgress]:
         """Every query's stream as stored now (up to each partition's end at the time of reading)."""

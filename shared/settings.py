@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.env import SettingsError, env_float, env_int, env_opt, env_str
+from shared.streamid import MAX_PARTITIONS
 from shared.vision import VisionSpec
 
 POOLS = ("cpu", "cuda", "ascend")
@@ -51,32 +52,54 @@ def lease_seconds(env: Mapping[str, str]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """Two servers by role (shared.redisconn): `url` holds state (claims, leases, watches, the
+    worker registry: never evicted), `cache_url` the caches (token ids, images: evictable).
+    They may be one server, which must then not evict (`noeviction`)."""
+
     url: str
-    timeout_s: float  # longest wait for one command: a hung Redis must not hang a service
+    cache_url: str
+    timeout_s: float  # longest wait for one command: a hung Redis must not hang a request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
-        timeout = env_float(env, "REDIS_TIMEOUT_S", 1.0)
+        timeout = env_float(env, "REDIS_TIMEOUT_S", 0.25)
         if not timeout > 0:
             raise SettingsError(f"REDIS_TIMEOUT_S must be positive, got {timeout}")
-        return cls(url=env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0"), timeout_s=timeout)
+        url = env_str(env, "REDIS_URL", "redis://127.0.0.1:6379/0")
+        return cls(url=url, cache_url=env_str(env, "REDIS_CACHE_URL", url), timeout_s=timeout)
 
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
     partitions: int
+    configs: Mapping[str, str] = field(default_factory=dict)  # topic configs set at creation
+
+
+def _kept(seconds: float, segment_s: float = 600.0) -> dict[str, str]:
+    """Topic configs that keep records about `seconds` (Kafka deletes whole segments, so a
+    record lives at most `seconds` plus one segment's span)."""
+    return {"retention.ms": str(int(seconds * 1000)),
+            "segment.ms": str(int(min(segment_s, seconds) * 1000))}
+
+
+# A backlog past its requests' deadline is never run, so work topics keep records a little
+# longer than a request may live.
+_MARGIN_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names and partition counts. Every topic is created explicitly."""
+    """Topic names, partition counts and retention. Every topic is created explicitly."""
 
     prefix: str
     request_partitions: int
     preprocess_partitions: int
     infer_partitions: int
     reply_partitions: int
+    request_timeout_s: float  # longest a request lives (SLUICE_REQUEST_TIMEOUT_S)
+    resume_retention_s: float  # how long a finished stream can be resumed
+    deadletter_retention_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Topics:
@@ -85,7 +108,12 @@ class Topics:
             request_partitions=env_int(env, "SLUICE_REQUEST_PARTITIONS", 8, minimum=1),
             preprocess_partitions=env_int(env, "SLUICE_PREPROCESS_PARTITIONS", 8, minimum=1),
             infer_partitions=env_int(env, "SLUICE_INFER_PARTITIONS", 8, minimum=1),
-            reply_partitions=env_int(env, "SLUICE_REPLY_PARTITIONS", 1, minimum=1),
+            reply_partitions=env_int(env, "SLUICE_REPLY_PARTITIONS", 16, minimum=1,
+                                     maximum=MAX_PARTITIONS),
+            request_timeout_s=request_timeout(env),
+            resume_retention_s=env_float(env, "SLUICE_RESUME_RETENTION_S", 600.0, minimum=0.0),
+            deadletter_retention_s=env_float(env, "SLUICE_DEADLETTER_RETENTION_S", 7 * 86400.0,
+                                             minimum=60.0),
         )
 
     @property
@@ -107,24 +135,45 @@ class Topics:
 
     @property
     def aborts_spec(self) -> TopicSpec:
-        return TopicSpec(self.aborts, 1)  # broadcast: every worker reads all of it
+        return TopicSpec(self.aborts, 1, _kept(3600.0))  # broadcast: every worker reads all of it
 
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
-    def replies(self, gateway_id: str) -> str:
-        return f"{self.prefix}.replies.{gateway_id}"
+    @property
+    def replies(self) -> str:
+        """Every stream's replies: a fixed set of partitions, whatever the gateways."""
+        return f"{self.prefix}.replies"
+
+    @property
+    def replies_spec(self) -> TopicSpec:
+        # A stream is resumable while it runs (up to the request timeout) and for the
+        # retention window after; the broker's append time orders it for time lookups.
+        kept = _kept(self.request_timeout_s + self.resume_retention_s + _MARGIN_S)
+        return TopicSpec(self.replies, self.reply_partitions,
+                         {**kept, "message.timestamp.type": "LogAppendTime"})
 
     def core(self, models: tuple[ModelSpec, ...]) -> list[TopicSpec]:
-        """The shared topics for these models; reply topics belong to their gateway."""
+        """Every topic of a deployment serving these models."""
+        work = _kept(self.request_timeout_s + _MARGIN_S)
         return [
-            TopicSpec(self.requests, self.request_partitions),
-            TopicSpec(self.preprocess, self.preprocess_partitions),
-            *(TopicSpec(self.infer(model), self.infer_partitions) for model in models),
+            TopicSpec(self.requests, self.request_partitions, work),
+            TopicSpec(self.preprocess, self.preprocess_partitions, work),
+            *(TopicSpec(self.infer(model), self.infer_partitions, work) for model in models),
+            self.replies_spec,
             self.aborts_spec,
-            TopicSpec(self.deadletter, 1),
+            TopicSpec(self.deadletter, 1, _kept(self.deadletter_retention_s, 86400.0)),
         ]
+
+
+def request_timeout(env: Mapping[str, str]) -> float:
+    """SLUICE_REQUEST_TIMEOUT_S: a request's deadline is this long after it arrives (at most)."""
+    value = env_float(env, "SLUICE_REQUEST_TIMEOUT_S", 1800.0)
+    if not value > 0:
+        raise SettingsError(f"SLUICE_REQUEST_TIMEOUT_S must be a positive number of seconds, "
+                            f"got {value}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

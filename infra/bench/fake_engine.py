@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.bus import Meta, Publisher, kafka_consumer, kafka_producer
-from shared.cache import WorkerRegistry, redis_client
+from shared.cache import WorkerRegistry
+from shared.redisconn import redis_client
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, TokenDelta, TokenizedRequest
 from shared.env import SettingsError, env_float, env_int
@@ -222,7 +223,7 @@ class FakeEngineService:
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            redis = await stack.enter_async_context(redis_client(s.redis))
+            redis = await stack.enter_async_context(redis_client(s.redis.url, s.redis.timeout_s))
             registry = WorkerRegistry(redis, s.topics.prefix, ttl_s=4.0)
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
             self._publisher = Publisher(producer)

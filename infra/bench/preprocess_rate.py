@@ -43,7 +43,7 @@ async def _run(env: dict[str, str], warmup: list[str], urls: list[str]) -> tuple
     (every image a cache hit)."""
     kafka = KafkaSettings.from_env(env)
     topics = Topics.from_env(env)
-    replies = TopicSpec(topics.replies("bench"), 1)
+    replies = topics.replies_spec
     await ensure_topics(kafka, [replies])
     forwarded = TopicSpec(topics.requests, topics.request_partitions)
     async with kafka_producer(kafka, "bench") as producer, \

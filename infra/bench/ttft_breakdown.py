@@ -32,20 +32,27 @@ def _stage(topic: str) -> str | None:
         return "request"
     if ".infer." in topic:
         return "infer"
-    if ".replies." in topic:
+    if topic.endswith(".replies"):
         return "reply"
     return None
 
 
+def _header(record) -> bool:
+    """The gateway's stream header on the reply topic (not a reply)."""
+    return any(k == "sluice-type" and v == b"stream_opened" for k, v in record.headers or ())
+
+
 async def _observe(consumer: AIOKafkaConsumer, seen: dict) -> None:
-    """First record per (stage, request id): (producer timestamp, when we read it), in s."""
+    """First record per (stage, request id): (its timestamp, when we read it), in s. Reply
+    records carry the broker's append time (the reply topic's LogAppendTime), the others
+    their producer's send time."""
     while True:
         batches = await consumer.getmany(timeout_ms=1000)
         now = time.time()
         for tp, records in batches.items():
             stage = _stage(tp.topic)
             for r in records:
-                if stage and r.key:
+                if stage and r.key and not _header(r):
                     seen.setdefault((stage, r.key.decode()), (r.timestamp / 1000, now))
 
 

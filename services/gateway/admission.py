@@ -8,23 +8,22 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.exceptions import RedisError
-
 from shared.cache import WorkerRegistry
 from shared.errors import Overloaded, Unavailable
+from shared.redisconn import REDIS_ERRORS
 
+from services.gateway.health import KafkaHealth
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
-REGISTRY_WAIT_S = 1.0  # longest wait for the worker registry before admitting anyway
-
 
 class Admission:
-    def __init__(self, max_in_flight: int, workers: WorkerRegistry, metrics: GatewayMetrics,
-                 live_cache_s: float = 1.0) -> None:
+    def __init__(self, max_in_flight: int, workers: WorkerRegistry, kafka: KafkaHealth,
+                 metrics: GatewayMetrics, live_cache_s: float = 1.0) -> None:
         self._max = max_in_flight
         self._workers = workers
+        self._kafka = kafka
         self._metrics = metrics
         self._live_cache_s = live_cache_s
         self._live_until: dict[str, float] = {}  # model route → time a positive check stays valid
@@ -34,15 +33,18 @@ class Admission:
         self.closing = False
 
     async def model_state(self, route: str) -> str:
-        """"ready" (a live worker), "unavailable" (none), or "unknown" (Redis unreachable)."""
+        """"ready" (a live worker), "unavailable" (none), or "unknown" (Redis unreachable, or
+        its registry too young to tell: it restarted empty)."""
         # Only positive answers are cached: a worker that just started is seen at once.
         now = time.monotonic()
         if self._live_until.get(route, 0.0) > now:
             return "ready"
         try:
-            live = await asyncio.wait_for(self._workers.live(route), REGISTRY_WAIT_S)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("worker registry unavailable: %s", exc)
+            live = await self._workers.live(route)  # waits REDIS_TIMEOUT_S at most
+        except REDIS_ERRORS as exc:
+            log.debug("worker registry unavailable: %s", exc)
+            return "unknown"
+        if live is None:
             return "unknown"
         if live > 0:
             self._live_until[route] = now + self._live_cache_s
@@ -54,12 +56,14 @@ class Admission:
         return await self.model_state(route) != "unavailable"
 
     @asynccontextmanager
-    async def admit(self, route: str) -> AsyncIterator[None]:
+    async def admit(self, route: str | None) -> AsyncIterator[None]:
+        """A new generation for the model `route`, or (None) a resumed stream."""
         if self.closing:
             raise Unavailable("the gateway is shutting down", retry_after=1)
         if self.in_flight >= self._max:
             raise Overloaded("too many requests in flight; retry shortly", retry_after=1)
-        if not await self.workers_alive(route):
+        self._kafka.check()
+        if route is not None and not await self.workers_alive(route):
             raise Unavailable(f"no inference worker is serving {route}", retry_after=5)
         self.in_flight += 1
         self._metrics.in_flight.inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -51,13 +52,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(InternalError("internal server error"))
 
 
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def auth_middleware(api_keys: frozenset[str]):
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if api_keys and request.path.startswith("/v1/"):
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or token.strip() not in api_keys:
-                raise AuthenticationFailed("Incorrect API key provided.")
+        if api_keys and request.path.startswith("/v1/") and _bearer(request) not in api_keys:
+            raise AuthenticationFailed("Incorrect API key provided.")
         return await handler(request)
 
     return check
+
+
+def key_owner(request: web.Request, api_keys: frozenset[str]) -> str:
+    """Who started a stream, as its header records it: the SHA-256 of the request's API key
+    (never the key itself), or "" when the gateway takes no keys."""
+    token = _bearer(request) if api_keys else None
+    return hashlib.sha256(token.encode()).hexdigest() if token else ""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import Callable
 
+import msgspec
 from aiohttp import web
 
+from shared.bus import ReplyTo
+from shared.contracts import StreamOpened
 from shared.errors import InvalidRequest, ModelNotFound
 from shared.settings import ModelSpec
+from shared.streamid import new_request_id
 from shared.telemetry import child_traceparent, metrics_response
 
 from services.gateway import generate
@@ -21,8 +25,10 @@ from services.gateway.api import (
     completion_to_generate,
     parse,
 )
+from services.gateway.errors import key_owner
 from services.gateway.responses import Formatter
-from services.gateway.state import ADMISSION, METRICS, PUBLISHER, REDIS, ROUTER, SETTINGS, STARTED
+from services.gateway.state import (ADMISSION, HEALTH, HOME, METRICS, PUBLISHER, REDIS, ROUTER,
+                                    SETTINGS, STARTED)
 
 
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -52,17 +58,30 @@ def _spec(request: web.Request, model: str) -> ModelSpec:
 async def _generate(request: web.Request, kind: type, to_wire: Callable, chat: bool,
                     endpoint: str) -> web.StreamResponse:
     """HTTP body → API model → wire request, then run the generation."""
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings = app[SETTINGS]
     timeout = request_timeout(request.headers.get(TIMEOUT_HEADER), settings.request_timeout_s)
     req = parse(kind, await request.read())
     spec = _spec(request, req.model)
-    rid, created = uuid.uuid4().hex, time.time()
+    created = time.time()
+    # The id names the reply partition, so that any gateway can find the stream again.
+    reply_to = ReplyTo(settings.reply_topic, random.choice(app[HOME]))
+    rid = new_request_id(reply_to.partition, created)
     wire = to_wire(req, rid, created, settings.max_n, spec, settings.limits.max_images,
                    deadline=created + timeout)
+    # A streamed response can be resumed within the grace window; a whole one cannot.
+    wire = msgspec.structs.replace(wire, grace_s=settings.resume_grace_s if req.streaming else 0.0)
+    opened = None
+    if req.streaming:
+        opened = StreamOpened(
+            request_id=rid, gateway=settings.gateway_id, endpoint="chat" if chat else "completions",
+            model=req.model, created=created, n=req.choices, include_usage=req.include_usage,
+            owner=key_owner(request, settings.api_keys), deadline=wire.deadline)
     return await generate.run(request, generate.Generation(
         wire=wire, spec=spec, stream=req.streaming, endpoint=endpoint,
         formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage),
         traceparent=child_traceparent(request.headers.get("traceparent")),
+        reply_to=reply_to, opened=opened,
     ))
 
 
@@ -104,6 +123,8 @@ async def ready(request: web.Request) -> web.Response:
         checks["kafka"] = f"error: {type(exc).__name__}"
     failure = app[ROUTER].failure
     checks["replies"] = "ok" if failure is None else f"error: {failure.message}"
+    if not app[HEALTH].reachable:
+        checks["kafka"] = f"unreachable for {app[HEALTH].silent_s:.0f} s"
     if app[ADMISSION].closing:
         checks["gateway"] = "shutting down"
     ok = all(v == "ok" for v in checks.values())

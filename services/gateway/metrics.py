@@ -32,5 +32,10 @@ class GatewayMetrics:
                                "Reply messages for requests no longer waiting", registry=r)
         self.aborts = Counter("sluice_gateway_aborts_published", "Abort events published",
                               registry=r)
+        self.resumes = Counter("sluice_gateway_resumes", "Stream resumes, by outcome",
+                               ["outcome"], registry=r)
+        self.resume_latency = Histogram("sluice_gateway_resume_seconds",
+                                        "From a resume request to its first event",
+                                        buckets=_LATENCY, registry=r)
         self.dead_letters = Counter("sluice_gateway_dead_letters", "Invalid messages set aside",
                                     registry=r)

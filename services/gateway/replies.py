@@ -1,8 +1,13 @@
 """The reply path: one background consumer routes reply messages to per-request collectors.
 
-The gateway reads its own reply topic with manual assignment (no consumer group), so
-the reply path never rebalances. A fatal error in the consumer fails every waiting
-stream and marks the gateway unready.
+Every stream's replies are on one partition of the shared reply topic (the request id says
+which: shared.streamid). The gateway reads its home partitions (the ones it puts its own
+requests on) with manual assignment, so the reply path never rebalances; streams resumed
+from elsewhere are read by services.gateway.follower into the same kind of collector.
+
+A Kafka error in the consume loop is retried with backoff (an outage is the health
+monitor's to report: services.gateway.health); a bug fails every waiting stream and marks
+the gateway unready.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from shared.bus import Publisher
-from shared.contracts import Codec, DecodeErrors, ErrorReply, Reply, TokenDelta
+from shared.contracts import (Codec, DecodeErrors, ErrorReply, LogRecord, Reply, StreamOpened,
+                              TokenDelta)
 from shared.errors import (DeadlineExceeded, InternalError, RemoteError, SluiceError, Unavailable,
                            UpstreamTimeout)
 from shared.sequence import ReplySequencer, Verdict
@@ -25,12 +31,17 @@ from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
+RETRY_S = (0.5, 5.0)  # first and longest wait after a failed fetch
+
 
 class Collector:
-    """One request's inbox. Messages pile up in a list and wake the reader, which takes
+    """One stream's inbox. Messages pile up in a list and wake the reader, which takes
     everything that arrived at once: one wake-up per batch, not one queue item per token.
     Which messages belong to the stream (and in what order) is shared.sequence's call: a
-    worker that took the request over continues it only where the stream stands."""
+    worker that took the request over continues it only where the stream stands.
+
+    A resumed stream's collector also learns the stream's header (`opened`), when its last
+    record was stored, and when its reader has caught up with the log (`caught_up`)."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
@@ -39,10 +50,28 @@ class Collector:
         self._error: SluiceError | None = None
         self._sequence = ReplySequencer()
         self.finished = False
+        self.opened: StreamOpened | None = None
+        self.ended_ms: int | None = None  # broker time of the final record
+        self.error_seq: int | None = None  # the message number an error event takes
+        self.caught_up = asyncio.Event()
 
     @property
     def over(self) -> bool:
         return self.finished or self._error is not None
+
+    @property
+    def error(self) -> SluiceError | None:
+        return self._error
+
+    def record(self, msg: LogRecord, timestamp_ms: int) -> None:
+        """A record of this stream, read from the log (a resumed stream)."""
+        if isinstance(msg, StreamOpened):
+            self.opened = self.opened or msg
+            return
+        was_over = self.over
+        self.deliver(msg)
+        if self.over and not was_over:
+            self.ended_ms = timestamp_ms
 
     def deliver(self, msg: Reply) -> None:
         if self.over:
@@ -64,15 +93,17 @@ class Collector:
             self._metrics.takeovers.inc()
         self._sequence.accept(msg)
         if isinstance(msg, ErrorReply):
-            self.fail(RemoteError(msg.error))
+            self.fail(RemoteError(msg.error), seq=msg.seq)
             return
         self._items.append(msg)
         self.finished = msg.finished
         self._wake.set()
 
-    def fail(self, exc: SluiceError) -> None:
-        if self._error is None:
+    def fail(self, exc: SluiceError, seq: int | None = None) -> None:
+        """End the stream with `exc`; `seq` is the error's own message number, if it has one."""
+        if self._error is None and not self.finished:
             self._error = exc
+            self.error_seq = self._sequence.next_seq if seq is None else seq
             self._wake.set()
 
     async def batches(self, idle_timeout_s: float,
@@ -108,7 +139,7 @@ class ReplyRouter:
         self._publisher = publisher
         self._deadletter = deadletter_topic
         self._metrics = metrics
-        self._codec: Codec[Reply] = Codec(Reply)
+        self._codec: Codec[LogRecord] = Codec(LogRecord)
         self._collectors: dict[str, Collector] = {}
         self.failure: SluiceError | None = None
 
@@ -121,10 +152,21 @@ class ReplyRouter:
     def close(self, request_id: str) -> None:
         self._collectors.pop(request_id, None)
 
+    def collectors(self) -> Iterable[Collector]:
+        return self._collectors.values()
+
     async def run(self) -> None:
+        delay = RETRY_S[0]
         try:
             while True:
-                batches = await self._consumer.getmany(timeout_ms=1000)
+                try:
+                    batches = await self._consumer.getmany(timeout_ms=1000)
+                except KafkaError as exc:
+                    log.warning("reply fetch failed (%r); retrying in %gs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_S[1])
+                    continue
+                delay = RETRY_S[0]
                 for records in batches.values():
                     for record in records:
                         await self._route(record)
@@ -148,10 +190,12 @@ class ReplyRouter:
             except KafkaError:
                 log.exception("could not dead-letter a reply; dropped it")
             return
+        if isinstance(msg, StreamOpened):
+            return  # a stream's header: for resumes (services.gateway.follower)
         self._metrics.replies.inc()
         collector = self._collectors.get(msg.request_id)
         if collector is None:
-            self._metrics.orphans.inc()  # the client left, or a late duplicate
+            self._metrics.orphans.inc()  # the client left, another gateway's, or a late duplicate
             return
         collector.deliver(msg)
 

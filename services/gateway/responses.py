@@ -1,4 +1,9 @@
-"""TokenDelta → OpenAI response bodies: SSE chunks and whole (non-streamed) responses."""
+"""TokenDelta → OpenAI response bodies: SSE chunks and whole (non-streamed) responses.
+
+Every SSE event of a stream carries an `id:`, the same on every gateway, so that a client
+can resume after the last one it got (services.gateway.resume): a delta's event is the
+delta's `seq`; the usage chunk and `[DONE]` follow the last delta's, as an error event
+takes its error's."""
 
 from __future__ import annotations
 
@@ -7,13 +12,18 @@ from typing import Any
 
 import orjson
 
-from shared.contracts import ChoiceDelta, TokenDelta, TokenLogprob, Usage
+from shared.contracts import ChoiceDelta, StreamOpened, TokenDelta, TokenLogprob, Usage
 
 DONE = b"data: [DONE]\n\n"
 
 
-def sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+def sse(obj: Any, event_id: int | None = None) -> bytes:
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def done(event_id: int | None = None) -> bytes:
+    return DONE if event_id is None else b"id: %d\n" % event_id + DONE
 
 
 def usage_json(usage: Usage | None) -> dict[str, int] | None:
@@ -65,13 +75,21 @@ class Formatter:
         self.created = created
         self.include_usage = include_usage
         self.usage: Usage | None = None
+        self.last_seq = -1  # of the last delta turned into an event
         self._choices = [_Choice() for _ in range(n)]
+
+    @classmethod
+    def for_stream(cls, opened: StreamOpened) -> Formatter:
+        """The formatter the stream's first gateway used, from the stream's header."""
+        return cls(opened.endpoint == "chat", opened.request_id, opened.model, int(opened.created),
+                   opened.n, opened.include_usage)
 
     # -- streaming -----------------------------------------------------------
     def chunks(self, delta: TokenDelta) -> bytes:
         """SSE events for one delta: one event carrying every choice that moved."""
         if delta.usage is not None:
             self.usage = delta.usage
+        self.last_seq = delta.seq
         choices = [self._stream_choice(c) for c in delta.choices]
         if not choices:
             return b""
@@ -81,7 +99,7 @@ class Formatter:
         }
         if self.include_usage:
             body["usage"] = None
-        return sse(body)
+        return sse(body, delta.seq)
 
     def _stream_choice(self, c: ChoiceDelta) -> dict:
         state = self._choices[c.index]
@@ -98,16 +116,18 @@ class Formatter:
         state.chars += len(c.text)
         return out
 
-    def tail(self) -> bytes:
-        """The usage chunk (if asked for) and the terminator."""
-        out = b""
+    def tail(self, after: int = -1) -> bytes:
+        """The usage chunk (if asked for and not past `after`) and the terminator."""
+        out, event_id = b"", self.last_seq + 1
         if self.include_usage:
-            out += sse({
-                "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [],
-                "usage": usage_json(self.usage),
-            })
-        return out + DONE
+            if event_id > after:
+                out += sse({
+                    "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                    "created": self.created, "model": self.model, "choices": [],
+                    "usage": usage_json(self.usage),
+                }, event_id)
+            event_id += 1
+        return out + done(event_id)
 
     # -- whole responses -----------------------------------------------------
     def add(self, delta: TokenDelta) -> None:
@@ -136,5 +156,10 @@ class Formatter:
                 "usage": usage_json(self.usage)}
 
 
-def error_event(body: dict) -> bytes:
-    return sse(body) + DONE
+def error_event(body: dict, event_id: int | None = None, after: int = -1) -> bytes:
+    """An error after the stream started, then the terminator (the error is left out when
+    the client had it already)."""
+    if event_id is None:
+        return sse(body) + DONE
+    head = sse(body, event_id) if event_id > after else b""
+    return head + done(event_id + 1)

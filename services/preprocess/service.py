@@ -9,15 +9,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
-from redis.exceptions import RedisError
+import msgspec
 
 from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer
-from shared.cache import content_key, redis_client
+from shared.cache import content_key
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest, ImageRef, ImageUrlPart, PartsChatPrompt
 from shared.errors import InvalidRequest, ModelNotFound, Unavailable
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
+from shared.redisconn import REDIS_ERRORS, redis_client
 from shared.stage import check_deadline, forward, reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
@@ -48,7 +49,8 @@ class PreprocessService:
         async with AsyncExitStack() as stack:
             self._executor = stack.enter_context(
                 ThreadPoolExecutor(s.threads, thread_name_prefix="image"))
-            redis = await stack.enter_async_context(redis_client(s.redis))
+            redis = await stack.enter_async_context(
+                redis_client(s.redis.cache_url, s.redis.timeout_s, "cache"))
             self._store = ImageStore(redis, s.topics.prefix, s.cache_ttl_s)
             self._fetcher = await stack.enter_async_context(Fetcher(s.fetch, s.limits))
             await ensure_topics(s.kafka, s.topics.core(s.catalog.models))
@@ -93,6 +95,11 @@ class PreprocessService:
                                  f"request; this one has {len(urls)}", param="messages")
         assert spec.vision is not None
         refs = await asyncio.gather(*(self._image(spec.vision, part, param) for param, part in urls))
+        inline = sum(len(ref.pixels) for ref in refs if ref.pixels is not None)
+        # Carried inline (base64 in JSON) the pixels must fit one Kafka message with the rest.
+        if inline * 4 // 3 + 64 * 1024 > self.settings.kafka.max_message_bytes:
+            raise Unavailable("the image store is unavailable, and this request's images are too "
+                              "large to carry without it; retry shortly", retry_after=2)
         return resolve(req, list(refs))
 
     def _vision_model(self, model: str) -> ModelSpec:
@@ -119,8 +126,9 @@ class PreprocessService:
                 # the first decoder was cancelled (shutdown): decode it ourselves
         try:
             ref = await self._store.find(key)
-        except RedisError as exc:
-            raise Unavailable(f"the image store is unavailable: {exc}", retry_after=2) from None
+        except REDIS_ERRORS as exc:  # a cache: decode it again
+            log.debug("image store unavailable: %s", exc)
+            ref = None
         if ref is not None:
             self.metrics.images.labels("hit").inc()
             return ref
@@ -153,8 +161,11 @@ class PreprocessService:
         ref = ImageRef(key=key, width=image.width, height=image.height, tokens=image.tokens)
         try:
             await self._store.put(ref, image.rgb)
-        except RedisError as exc:
-            raise Unavailable(f"the image store is unavailable: {exc}", retry_after=2) from None
+        except REDIS_ERRORS as exc:
+            # Without the store, the request carries the pixels itself.
+            log.warning("image store unavailable (%s); the image travels in the request", exc)
+            self.metrics.images.labels("inline").inc()
+            return msgspec.structs.replace(ref, pixels=image.rgb)
         self.metrics.images.labels("miss").inc()
         return ref
 

@@ -37,4 +37,5 @@ def to_tokenized(req: GenerateRequest, ids: list[int], spec: ModelSpec) -> Token
         created=req.created,
         images=req.prompt.images() if isinstance(req.prompt, PartsChatPrompt) else [],
         deadline=req.deadline,
+        grace_s=req.grace_s,
     )

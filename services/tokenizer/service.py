@@ -8,14 +8,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
-from redis.exceptions import RedisError
-
 from shared.bus import Meta, Publisher, ensure_topics, kafka_consumer, kafka_producer
-from shared.cache import TokenCache, content_key, redis_client
+from shared.cache import TokenCache, content_key
 from shared.consumer import GroupRunner
 from shared.contracts import Codec, GenerateRequest
 from shared.errors import ModelNotFound
 from shared.lifecycle import freeze_heap, ready_line
+from shared.redisconn import REDIS_ERRORS, redis_client
 from shared.stage import check_deadline, forward, reply_error, run_group
 from shared.settings import ModelSpec
 from shared.telemetry import child_traceparent, metrics_server
@@ -47,7 +46,8 @@ class TokenizerService:
             for spec in s.catalog.models:
                 self._encoders[spec.name] = await loop.run_in_executor(
                     self._executor, PromptEncoder, spec.path, spec.vision)
-            redis = await stack.enter_async_context(redis_client(s.redis))
+            redis = await stack.enter_async_context(
+                redis_client(s.redis.cache_url, s.redis.timeout_s, "cache"))
             self._cache = TokenCache(redis, s.topics.prefix, s.cache_ttl_s)
             await ensure_topics(s.kafka, s.topics.core(s.catalog.models))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.instance_id))
@@ -94,8 +94,8 @@ class TokenizerService:
         key = content_key(*encoder.cache_parts(req.prompt))
         try:
             ids = await self._cache.get(key)
-        except RedisError as exc:  # the cache is an optimisation: tokenize anyway
-            log.warning("token cache unavailable: %s", exc)
+        except REDIS_ERRORS as exc:  # the cache is an optimisation: tokenize anyway
+            log.debug("token cache unavailable: %s", exc)
             ids = None
         if ids is not None:
             self.metrics.cache.labels("hit").inc()
@@ -106,8 +106,8 @@ class TokenizerService:
         self.metrics.encode_seconds.observe(time.perf_counter() - started)
         try:
             await self._cache.put(key, ids)
-        except RedisError as exc:
-            log.warning("token cache unavailable: %s", exc)
+        except REDIS_ERRORS as exc:
+            log.debug("token cache unavailable: %s", exc)
         return ids
 
 

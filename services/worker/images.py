@@ -1,4 +1,5 @@
-"""TokenizedRequest → the engine's prompt: token ids plus the request's images from Redis."""
+"""TokenizedRequest → the engine's prompt: token ids plus the request's images (from Redis,
+or carried in the request when the image store was unavailable)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ async def engine_prompt(req: TokenizedRequest, vision: VisionSpec | None,
 async def _load(store: ImageStore, ref: ImageRef):
     from PIL import Image
 
-    rgb = await store.pixels(ref.key)
+    rgb = ref.pixels if ref.pixels is not None else await store.pixels(ref.key)
     if rgb is None:
         raise Unavailable("an image of this request expired from the image store before a worker "
                           "took it; send the request again", retry_after=1)

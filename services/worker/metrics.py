@@ -14,6 +14,10 @@ class WorkerMetrics:
         self.requests = Counter("sluice_worker_requests", "Requests finished", ["finish"], registry=r)
         self.aborts = Counter("sluice_worker_aborts", "Requests aborted on a client's request",
                               registry=r)
+        self.abandoned = Counter("sluice_worker_abandoned",
+                                 "Requests stopped because nobody read their stream any more "
+                                 "(the client left for longer than its grace, or its gateway died)",
+                                 registry=r)
         self.tokens = Counter("sluice_worker_generated_tokens", "Completion tokens generated",
                               registry=r)
         self.messages = Counter("sluice_worker_reply_messages", "TokenDelta messages sent", registry=r)

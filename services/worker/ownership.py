@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from redis.exceptions import RedisError
 
 from shared.claims import Claims, Held, RecordLoc
+from shared.redisconn import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Owned:
     claimed: bool = False  # the claim is ours: its lease is renewed
     valid_until: float = 0.0  # monotonic time until which our lease is certainly live
     aborted: bool = False  # the client gave up
+    grace_s: float | None = None  # the request's (a gateway watches it: shared.watches)
     stop: Stop | None = None
     interrupt: asyncio.Event = field(default_factory=asyncio.Event)
     engine_ids: list[str] = field(default_factory=list)
@@ -134,6 +135,11 @@ class Ownership:
                                return_when=asyncio.FIRST_COMPLETED)
         return True
 
+    def watched(self) -> list[Owned]:
+        """Requests running here whose stream a gateway watches."""
+        return [o for o in self._owned.values()
+                if o.claimed and o.grace_s is not None and not o.aborted and o.stop is None]
+
     def held(self) -> list[Owned]:
         """Claims to renew: every one still ours, including those being handed over (their
         last replies are stored before the release)."""
@@ -159,7 +165,7 @@ class Ownership:
         try:
             lost = await asyncio.wait_for(self._claims.renew(
                 [Held(o.request_id, o.epoch, o.loc, o.keep_ms) for o in held]), self._lease_s / 4)
-        except (RedisError, TimeoutError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # Availability over fencing: with Redis down for every worker, nobody can take a
             # request over, and stopping would stall every stream. A worker cut off alone
             # while others take its requests over makes the gateway see two workers

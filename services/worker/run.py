@@ -35,7 +35,9 @@ from shared.contracts import TokenizedRequest
 from shared.errors import (DeadlineExceeded, InvalidRequest, SluiceError, Unavailable,
                            as_sluice_error, error_reply)
 from shared.images import ImageStore
+from shared.redisconn import REDIS_ERRORS
 from shared.replylog import LogQuery, LogReader, StreamProgress
+from shared.watches import Watches
 
 from services.worker.continuation import EngineRequest, Plan, continued, fresh
 from services.worker.images import engine_prompt
@@ -71,6 +73,7 @@ class RunnerDeps:
     claims: Claims
     ownership: Ownership
     replies: LogReader
+    watches: Watches
     images: ImageStore
     metrics: WorkerMetrics
     client_errors: tuple[type[Exception], ...]
@@ -99,9 +102,21 @@ class _Sender:
             raise
         m.messages.inc()
         if fut is not None:
-            fut.add_done_callback(lambda _: m.reply_ack.observe(time.perf_counter() - queued))
+            fut.add_done_callback(lambda f: self._delivered(f, queued))
             self._last = fut
         return fut
+
+    def _delivered(self, fut: asyncio.Future, queued: float) -> None:
+        """A reply Kafka did not store leaves a hole after it: stop here and release the
+        claim, so that whoever continues starts from what is stored."""
+        if not fut.cancelled() and fut.exception() is None:
+            self._deps.metrics.reply_ack.observe(time.perf_counter() - queued)
+            return
+        if not self.failed:
+            log.warning("request %s: a reply was not stored (%r); handing it over",
+                        self._owned.request_id, None if fut.cancelled() else fut.exception())
+        self.failed = True
+        self._owned.halt(Stop.HANDOFF)
 
     async def stored(self) -> bool:
         """True once everything sent is acknowledged (replies of a request share a partition
@@ -128,6 +143,7 @@ class Runner:
         """`progress`: the stream as stored, when the caller read it already (a takeover)."""
         d = self._d
         rid = req.request_id
+        owned.grace_s = req.grace_s
         stream = ReplyStream(rid, d.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0, epoch=owned.epoch)
         sender = _Sender(d, owned, meta)
@@ -224,7 +240,7 @@ class Runner:
         try:
             return await asyncio.wait_for(
                 self._d.claims.move_epoch(owned.request_id, owned.epoch, epoch), REDIS_WAIT_S)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("request %s: could not move its claim to epoch %d (%s)",
                         owned.request_id, epoch, exc)
             return False
@@ -318,7 +334,7 @@ class Runner:
             try:
                 await asyncio.wait_for(self._d.claims.release(owned.request_id, owned.epoch),
                                        REDIS_WAIT_S)
-            except (RedisError, OSError, TimeoutError) as exc:  # its lease lapses by itself
+            except REDIS_ERRORS as exc:  # its lease lapses by itself
                 log.warning("request %s: could not release its claim (%s)", owned.request_id, exc)
         return Outcome.HANDED_OVER
 
@@ -326,7 +342,9 @@ class Runner:
         try:
             await asyncio.wait_for(self._d.claims.finish(
                 owned.request_id, owned.epoch, owned.keep_ms or DEFAULT_KEEP_MS), REDIS_WAIT_S)
-        except (RedisError, OSError, TimeoutError) as exc:
+            if owned.grace_s is not None:
+                await asyncio.wait_for(self._d.watches.forget(owned.request_id), REDIS_WAIT_S)
+        except REDIS_ERRORS as exc:
             log.warning("request %s: could not mark it done (%s)", owned.request_id, exc)
         return Outcome.SETTLED
 

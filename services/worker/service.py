@@ -22,18 +22,19 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from shared.bus import (Meta, Publisher, RecordLoc, assign_from_end, ensure_topics, kafka_consumer,
                         kafka_producer)
-from shared.cache import WorkerRegistry, redis_client
+from shared.cache import WorkerRegistry
 from shared.claims import Claim, Claims, Standing
 from shared.consumer import GroupRunner, NotSettled
 from shared.contracts import Codec, DecodeErrors, TokenizedRequest
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
+from shared.redisconn import REDIS_ERRORS, redis_pair
 from shared.replylog import LogQuery, LogReader, StreamProgress
 from shared.telemetry import child_traceparent, metrics_server
+from shared.watches import Watches
 
 from services.worker.aborts import listen_for_aborts
 from services.worker.engine import client_error_types, engine_dead_error, open_engine
@@ -65,6 +66,7 @@ class WorkerService:
         self._codec = Codec(TokenizedRequest)
         self._takeovers: set[asyncio.Task] = set()
         self._claims: Claims
+        self._watches: Watches
         self._ownership: Ownership
         self._runner: Runner
         self._replies: LogReader
@@ -78,8 +80,9 @@ class WorkerService:
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            redis = await stack.enter_async_context(redis_client(s.redis))
+            redis, cache = await stack.enter_async_context(redis_pair(s.redis))
             self._claims = Claims(redis, s.topics.prefix, s.model.route, self.owner, s.lease_s)
+            self._watches = Watches(redis, s.topics.prefix)
             registry = WorkerRegistry(redis, s.topics.prefix, s.lease_s)
             await ensure_topics(s.kafka, s.topics.core((s.model,)))
             producer = await stack.enter_async_context(kafka_producer(s.kafka, s.worker_id))
@@ -101,8 +104,8 @@ class WorkerService:
             self._ownership = Ownership(self._claims, s.lease_s, self._abort_in_engine)
             self._runner = Runner(RunnerDeps(
                 settings=s, engine=self._engine, publisher=self._publisher, claims=self._claims,
-                ownership=self._ownership, replies=self._replies,
-                images=ImageStore(redis, s.topics.prefix),  # reads pixels only
+                ownership=self._ownership, replies=self._replies, watches=self._watches,
+                images=ImageStore(cache, s.topics.prefix),  # reads pixels only
                 metrics=self.metrics, client_errors=client_error_types(),
                 engine_dead=engine_dead_error(), on_engine_dead=self._engine_dead.set))
             runner = GroupRunner(
@@ -228,7 +231,7 @@ class WorkerService:
     async def _acquire(self, rid: str, loc: RecordLoc | None, keep: int) -> Claim | None:
         try:
             return await asyncio.wait_for(self._claims.acquire(rid, loc, keep), REDIS_WAIT_S)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("request %s: claims unavailable (%s); the reply log decides", rid, exc)
             return None
 
@@ -242,7 +245,7 @@ class WorkerService:
                 continue
             try:
                 lapsed = await asyncio.wait_for(self._claims.lapsed(room), REDIS_WAIT_S)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_ERRORS:
                 continue
             # Records first, with no await in between: a copy of one of these requests that
             # the group delivers meanwhile waits for this takeover instead of racing it.
@@ -338,13 +341,30 @@ class WorkerService:
                     await asyncio.wait_for(
                         registry.heartbeat(self.settings.model.route, self.settings.worker_id),
                         REDIS_WAIT_S)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("heartbeat failed: %s", exc)
             await self._ownership.renew()
+            await self._abandon_unwatched()
             if self._engine.errored and not self._engine_dead.is_set():
                 log.error("the engine is dead")
                 self._engine_dead.set()
             await asyncio.sleep(self._poll_s)
+
+    async def _abandon_unwatched(self) -> None:
+        """Stop the generations nobody reads any more: their client left and did not resume
+        within the grace window, or their gateway died (shared.watches)."""
+        lease = self.settings.lease_s
+        entries = [(o.request_id, lease + o.grace_s) for o in self._ownership.watched()]
+        if not entries:
+            return
+        try:
+            expired = await asyncio.wait_for(self._watches.expired(entries), REDIS_WAIT_S)
+        except REDIS_ERRORS:
+            return  # without Redis, only explicit aborts stop a generation
+        for rid in expired:
+            if await self._ownership.abort(rid):
+                self.metrics.abandoned.inc()
+                log.info("abandoning %s: nobody has read its stream within its grace window", rid)
 
     # -- aborts --------------------------------------------------------------------------
     async def _abort(self, request_id: str) -> None:

@@ -1,6 +1,7 @@
-"""The real stack for integration tests: Apache Kafka, Redis, and the services as processes,
-on two tiny random-weight MoE models (a DeepSeek-V3 text model and a Qwen3-VL-MoE vision
-model, each with its own worker) with vLLM's CPU engine.
+"""The real stack for integration tests: Apache Kafka, Redis (state and cache), and the
+services as processes, on two tiny random-weight MoE models (a DeepSeek-V3 text model and a
+Qwen3-VL-MoE vision model, each with its own worker) with vLLM's CPU engine, and two
+gateways (any stream can be resumed on either).
 
 KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point the tests at existing servers instead."""
 
@@ -18,17 +19,20 @@ from openai import AsyncOpenAI
 
 from infra.localinfra import ROOT, local_infra
 from infra.models.folder import is_built
-from infra.procs import PortProcess, ServiceProcess, detail, plan, start_services
+from infra.procs import PortProcess, ServiceProcess, detail, gateway_urls, plan, start_services
 from infra.supervise import Supervisor
 from tests.integration.image_server import ImageServer
 
-GATEWAY_ID = "itest"
+GATEWAY_ID = "itest"  # the gateways are itest-0 and itest-1: reply partitions 0 and 1
 IMAGE_LIMIT = 1 << 20  # bytes per image, so a test can exceed it cheaply
+GRACE_S = 4.0  # a short resume grace window, so that tests of its end are quick
+LEASE_S = 4.0  # SLUICE_LEASE_S's default
 
 
 @dataclass(frozen=True)
 class Stack:
-    base_url: str
+    base_url: str  # the first gateway
+    urls: list[str]  # every gateway
     model: str  # the text model
     model_path: Path
     vl_model: str  # the vision model
@@ -45,7 +49,7 @@ class Stack:
 
     @property
     def reply_topic(self) -> str:
-        return f"sluice.replies.{GATEWAY_ID}"
+        return "sluice.replies"  # the first gateway's requests are on its partition 0
 
     def metrics_url(self, name: str) -> str:
         return metrics_url(self.procs[name])
@@ -118,7 +122,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         env = {
             **os.environ, **endpoints.env(),
             "SLUICE_MODELS": models,
-            "GATEWAY_PORT": "0", "GATEWAY_ID": GATEWAY_ID,
+            "GATEWAY_PORT": "0", "GATEWAY_ID": GATEWAY_ID, "SLUICE_GATEWAYS": "2",
+            "GATEWAY_RESUME_GRACE_S": str(GRACE_S),
             "WORKER_METRICS_PORT": "0", "TOKENIZER_METRICS_PORT": "0", "PREPROCESS_METRICS_PORT": "0",
             "SLUICE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT),
             "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -130,7 +135,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         stack_.callback(supervisor.stop)
         supervisor.start()
         yield Stack(
-            base_url=url, model=model_path.name, model_path=model_path,
+            base_url=url, urls=gateway_urls(procs), model=model_path.name, model_path=model_path,
             vl_model=vl_model_path.name, vl_model_path=vl_model_path,
             env=env, procs=procs, infra=endpoints.units, supervisor=supervisor, logs=logs,
         )

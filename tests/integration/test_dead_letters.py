@@ -36,7 +36,10 @@ async def test_invalid_messages_are_dead_lettered_and_consumers_survive(stack, c
     async with reader(stack.kafka, "sluice.deadletter", from_start=False) as dlq:
         async with producer(stack.kafka) as p:
             for value, headers in bad_messages(marker):
-                await p.send_and_wait(topic, value, key=marker.encode(), headers=headers)
+                # On the reply topic: a partition a gateway reads (the first gateway's).
+                partition = 0 if topic == stack.reply_topic else None
+                await p.send_and_wait(topic, value, key=marker.encode(), headers=headers,
+                                      partition=partition)
         seen = []
         for _ in bad_messages(marker):
             record = await wait_for_record(

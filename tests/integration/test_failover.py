@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 from infra.procs import ServiceProcess, detail
 from services.worker.main import EXIT_ENGINE_DIED
 from shared.bus import Meta, ReplyTo
-from shared.contracts import (Codec, ErrorReply, GenerateRequest, Reply, Sampling, TextPrompt,
+from shared.contracts import (Codec, ErrorReply, GenerateRequest, LogRecord, Reply, Sampling,
+                              StreamOpened, TextPrompt,
                               TokenizedRequest)
 from tests.integration.conftest import Stack, metrics_url
 from tests.integration.helpers import eventually, metric, producer, reader, wait_for_record
@@ -140,7 +141,7 @@ async def test_a_paused_worker_that_lost_its_claims_sends_nothing_more(http, sta
 
 async def _replies_of(consumer, topic: str, rids: set[str]) -> dict[str, list[tuple[int, int]]]:
     """(epoch, seq) of every reply of these requests, in log order, up to the log's end."""
-    codec = Codec(Reply)
+    codec = Codec(LogRecord)
     out: dict[str, list[tuple[int, int]]] = {rid: [] for rid in rids}
     tp = TopicPartition(topic, 0)
     end = (await consumer.end_offsets([tp]))[tp]
@@ -149,7 +150,8 @@ async def _replies_of(consumer, topic: str, rids: set[str]) -> dict[str, list[tu
             for record in records:
                 if record.key and record.key.decode() in out:
                     msg = codec.decode(record.value)
-                    out[msg.request_id].append((msg.epoch, msg.seq))
+                    if not isinstance(msg, StreamOpened):  # the gateway's stream header
+                        out[msg.request_id].append((msg.epoch, msg.seq))
     return out
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.helpers import metric
 
@@ -37,11 +38,20 @@ async def test_topics_exist_with_explicit_partition_counts(stack):
     try:
         expected = {"sluice.requests": 8, "sluice.preprocess": 8, f"sluice.infer.cpu.{stack.model}": 8,
                     f"sluice.infer.cpu.{stack.vl_model}": 8, "sluice.aborts": 1,
-                    "sluice.deadletter": 1, stack.reply_topic: 1}
+                    "sluice.deadletter": 1, stack.reply_topic: 16}
         described = await admin.describe_topics(list(expected))
+        configs = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in expected])
     finally:
         await admin.close()
     assert {t["topic"]: len(t["partitions"]) for t in described} == expected
+    # Every topic keeps records for a bounded time: prompts and completions do not sit on
+    # disk for the broker's default week; the dead-letter topic keeps them longest.
+    retention = {name: int(dict((e[0], e[1]) for e in entries)["retention.ms"])
+                 for response in configs for _, _, _, name, entries in response.resources}
+    assert set(retention) == set(expected)
+    assert max(retention, key=retention.get) == "sluice.deadletter"
+    assert all(ms <= 3 * 3600 * 1000 for name, ms in retention.items() if name != "sluice.deadletter")
 
 
 async def test_repeated_prompt_hits_the_token_cache(http, client, stack):

@@ -4,6 +4,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from shared.bus import Meta
 from shared.consumer import GroupRunner
@@ -139,6 +140,40 @@ async def test_a_failing_handler_does_not_stop_the_consumer():
     run = asyncio.create_task(runner.run())
     try:
         await consumer.wait_commit(2)
+    finally:
+        runner.stop()
+        await run
+        await runner.drain(1)
+
+
+class FlakyConsumer(FakeConsumer):
+    """Its first polls fail as they do while the cluster is unreachable."""
+
+    def __init__(self, records, failures: int):
+        super().__init__(records)
+        self.failures = failures
+
+    async def getmany(self, timeout_ms=0, max_records=None):
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("the cluster is unreachable")
+        return await super().getmany(timeout_ms, max_records)
+
+
+async def test_the_poll_loop_outlives_kafka_errors(monkeypatch):
+    monkeypatch.setattr("shared.consumer.RETRY_S", (0.01, 0.02))
+    handled = []
+
+    async def handler(msg, meta):
+        handled.append(msg.request_id)
+
+    consumer = FlakyConsumer([valid(0, "after"), valid(1, "outage")], failures=3)
+    runner = GroupRunner(consumer, "t", Codec(AbortRequest), handler, FakePublisher(), "dlq",
+                         name="test", max_in_flight=4)
+    run = asyncio.create_task(runner.run())
+    try:
+        await consumer.wait_commit(2)
+        assert handled == ["after", "outage"] and consumer.failures == 0
     finally:
         runner.stop()
         await run

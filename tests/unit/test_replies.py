@@ -2,11 +2,14 @@ import asyncio
 
 import pytest
 
-from shared.contracts import ChoiceDelta, ErrorInfo, ErrorReply, TokenDelta
+from aiokafka.errors import KafkaConnectionError
+
+from shared.contracts import (ChoiceDelta, Codec, ErrorInfo, ErrorReply, LogRecord, StreamOpened,
+                              TokenDelta)
 from shared.errors import InternalError, RemoteError, UpstreamTimeout
 
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.replies import Collector
+from services.gateway.replies import Collector, ReplyRouter
 
 
 def delta(seq, text, finished=False, source="w1"):
@@ -105,3 +108,44 @@ async def test_a_takeover_out_of_place_fails_the_stream_rather_than_repeat_token
     assert [d.choices[0].text for d in await anext(batches)] == ["a", "b"]
     with pytest.raises(InternalError, match="disagree"):
         await anext(batches)
+
+
+class _Record:
+    def __init__(self, offset, msg):
+        self.topic, self.partition, self.offset = "sluice.replies", 0, offset
+        self.key = msg.request_id.encode()
+        self.value = Codec(LogRecord).encode(msg)
+        self.headers = ()
+
+
+class _FlakyConsumer:
+    """Fails its first polls, as while the cluster is unreachable, then serves records."""
+
+    def __init__(self, records, failures):
+        self.records, self.failures = list(records), failures
+
+    async def getmany(self, timeout_ms=0):
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("unreachable")
+        if self.records:
+            batch, self.records = self.records, []
+            return {"tp": batch}
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+async def test_the_reply_router_outlives_kafka_errors_and_skips_stream_headers(monkeypatch):
+    monkeypatch.setattr("services.gateway.replies.RETRY_S", (0.01, 0.02))
+    header = StreamOpened(request_id="r", gateway="g", endpoint="chat", model="m", created=1.0,
+                          n=1, include_usage=False)
+    consumer = _FlakyConsumer([_Record(0, header), _Record(1, delta(0, "a", finished=True))], 3)
+    router = ReplyRouter(consumer, None, "dlq", GatewayMetrics())
+    collector = router.open("r")
+    task = asyncio.create_task(router.run())
+    try:
+        assert await asyncio.wait_for(drain(collector), 5) == [["a"]]
+        assert router.failure is None and consumer.failures == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

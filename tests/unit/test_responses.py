@@ -2,18 +2,27 @@ import orjson
 
 from shared.contracts import ChoiceDelta, TokenDelta, TokenLogprob, Usage
 
-from services.gateway.responses import Formatter
+from services.gateway.responses import Formatter, error_event
 
 
-def events(raw: bytes) -> list:
+def parsed(raw: bytes) -> list[tuple[int | None, object]]:
+    """(id, payload) of each SSE event."""
     out = []
     for block in raw.decode().split("\n\n"):
         if not block:
             continue
+        event_id = None
+        if block.startswith("id: "):
+            head, block = block.split("\n", 1)
+            event_id = int(head[len("id: "):])
         assert block.startswith("data: ")
         payload = block[len("data: "):]
-        out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+        out.append((event_id, payload if payload == "[DONE]" else orjson.loads(payload)))
     return out
+
+
+def events(raw: bytes) -> list:
+    return [payload for _, payload in parsed(raw)]
 
 
 def deltas():
@@ -58,3 +67,27 @@ def test_stream_without_usage_has_no_usage_chunk():
     raw = b"".join(f.chunks(d) for d in deltas()) + f.tail()
     ev = events(raw)
     assert len(ev) == 3 and ev[-1] == "[DONE]" and "usage" not in ev[0]
+
+
+def test_every_event_has_an_id_that_follows_the_stream():
+    f = Formatter(True, "r", "m", 10, n=1, include_usage=True)
+    raw = b"".join(f.chunks(d) for d in deltas()) + f.tail()
+    assert [event_id for event_id, _ in parsed(raw)] == [0, 1, 2, 3]  # deltas, usage, [DONE]
+
+
+def test_a_tail_after_the_usage_event_is_only_the_terminator():
+    f = Formatter(True, "r", "m", 10, n=1, include_usage=True)
+    for d in deltas():
+        f.chunks(d)
+    assert parsed(f.tail(after=1)) == [(2, {"id": "chatcmpl-r", "object": "chat.completion.chunk",
+                                           "created": 10, "model": "m", "choices": [],
+                                           "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                                     "total_tokens": 5}}), (3, "[DONE]")]
+    assert parsed(f.tail(after=2)) == [(3, "[DONE]")]
+    assert parsed(f.tail(after=7)) == [(3, "[DONE]")]
+
+
+def test_an_error_event_takes_its_id_and_is_left_out_when_the_client_had_it():
+    body = {"error": {"message": "x"}}
+    assert parsed(error_event(body, 5)) == [(5, body), (6, "[DONE]")]
+    assert parsed(error_event(body, 5, after=5)) == [(6, "[DONE]")]

@@ -59,7 +59,20 @@ def test_topics_have_explicit_partition_counts(tmp_path):
     core = {s.name: s.partitions for s in t.core(cat.models)}
     assert core["sluice.requests"] == 4 and core["sluice.preprocess"] == 8
     assert core["sluice.infer.cpu.org_tiny-1_0"] == 8
-    assert core["sluice.aborts"] == 1 and t.replies("gw1") == "sluice.replies.gw1"
+    assert core["sluice.aborts"] == 1 and core["sluice.replies"] == 16  # one fixed reply topic
+
+
+def test_every_topic_keeps_its_records_for_a_bounded_time(tmp_path):
+    t = Topics.from_env({"SLUICE_REQUEST_TIMEOUT_S": "600", "SLUICE_RESUME_RETENTION_S": "300"})
+    cat = ModelCatalog.from_env({"SLUICE_MODEL": str(make_model(tmp_path, "a"))})
+    configs = {s.name: s.configs for s in t.core(cat.models)}
+    assert all("retention.ms" in c and "segment.ms" in c for c in configs.values())
+    # Work topics: a request outlives its deadline a little; the reply log, its resume window.
+    assert configs["sluice.requests"]["retention.ms"] == str((600 + 600) * 1000)
+    assert configs["sluice.replies"]["retention.ms"] == str((600 + 300 + 600) * 1000)
+    assert configs["sluice.replies"]["message.timestamp.type"] == "LogAppendTime"
+    assert configs["sluice.deadletter"]["retention.ms"] == str(7 * 86400 * 1000)
+    assert int(configs["sluice.deadletter"]["retention.ms"]) > int(configs["sluice.replies"]["retention.ms"])
 
 
 def test_lease_has_a_sane_range():
