@@ -16,7 +16,7 @@ export VLLM_TARGET_DEVICE ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install deps redis kafka-jars model up infra test unit bench failover clean
+.PHONY: install deps redis kafka-jars model up infra test unit bench failover faults clean
 
 install: deps $(APP_STAMP)
 
@@ -48,7 +48,8 @@ model: $(APP_STAMP)
 	@$(PY) -m infra.models.tiny_qwen3vl --out $(VL_MODEL_DIR)
 
 # The whole stack on the two tiny models, on CPU. SLUICE_MODELS="name=folder@pool;..." (or
-# SLUICE_MODEL=folder for one) may name any vLLM-supported folders instead.
+# SLUICE_MODEL=folder for one) may name any vLLM-supported folders instead; SLUICE_GATEWAYS=N
+# runs N gateways on consecutive ports, SLUICE_KAFKA_BROKERS=3 a three-broker Kafka cluster.
 up: install model
 	@if [ -z "$$SLUICE_MODELS$$SLUICE_MODEL" ]; then export SLUICE_MODELS='$(DEFAULT_MODELS)'; fi; \
 	$(PY) -m infra.stack
@@ -73,6 +74,11 @@ bench: install model
 # results in docs/reliability.md. FAILOVER_ARGS="--rounds 1" for a short trial.
 failover: install model
 	$(PY) -m infra.bench.failover --model $${SLUICE_MODEL:-$(MODEL_DIR)} --docs docs/reliability.md $(FAILOVER_ARGS)
+
+# Every fault of the robustness issues (workers, engines, gateways, brokers, Redis) on the real
+# stack; prints the table and rewrites docs/reliability.md. FAULTS_ARGS="--only cluster_down".
+faults: install model
+	$(PY) -m infra.bench.faults --model $${SLUICE_MODEL:-$(MODEL_DIR)} --docs docs/reliability.md $(FAULTS_ARGS)
 
 clean:
 	rm -rf .cache/run .pytest_cache

@@ -230,6 +230,36 @@ def render(results: list[Scenario], args: argparse.Namespace, when: str, host: d
         f"{args.streams} --tokens {args.tokens} --rounds {args.rounds}`.\n")
 
 
+def run(args: argparse.Namespace, model: Path) -> list[Scenario]:
+    """The chosen scenarios (args.scenarios) on a stack of their own."""
+    run_dir = ROOT / ".cache" / "bench" / "failover"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CACHE_URL", "SLUICE_MODELS",
+                        "WORKER_MODEL")}
+    env.update({"SLUICE_MODEL": str(model), "GATEWAY_PORT": "0", "GATEWAY_ID": "failover",
+                "WORKER_METRICS_PORT": "0", "TOKENIZERS_PARALLELISM": "false"})
+    results: list[Scenario] = []
+    with ExitStack() as stack:
+        endpoints = stack.enter_context(local_infra(run_dir / "infra", env))
+        env.update(endpoints.env())
+        procs, url = start_services(stack, env, run_dir, neighbours=list(endpoints.pids.values()))
+        extra: dict[str, ServiceProcess] = {}
+        needs_second = set(args.scenarios) & {"standby", "handoff", "rolling"}
+        supervisor = Supervisor([endpoints.units, procs, extra], lambda line: print(line, flush=True))
+        stack.callback(supervisor.stop)
+        supervisor.start()
+        bench = Bench(url, model.name, procs, extra, supervisor, args)
+        if "restart" in args.scenarios:
+            results += asyncio.run(measure(bench, ["restart"]))
+        if needs_second:
+            extra["worker-2"] = ServiceProcess("worker-2", "services.worker", {
+                **env, "WORKER_MODEL": model.name, "SLUICE_DRAIN_S": "0"}, run_dir / "worker-2.log")
+            stack.callback(lambda: extra["worker-2"].stop())
+            extra["worker-2"].wait_ready(600)
+            results += asyncio.run(measure(bench, [s for s in args.scenarios if s != "restart"]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("SLUICE_MODEL"))
@@ -242,32 +272,8 @@ def main() -> None:
     model = Path(args.model) if args.model else ROOT / ".cache" / "models" / "sluice-tiny-dsv3"
     if not is_built(model):
         raise SystemExit(f"no model at {model}: run `make model`")
-    run_dir = ROOT / ".cache" / "bench" / "failover"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SLUICE_MODELS", "WORKER_MODEL")}
-    env.update({"SLUICE_MODEL": str(model), "GATEWAY_PORT": "0", "GATEWAY_ID": "failover",
-                "WORKER_METRICS_PORT": "0", "TOKENIZERS_PARALLELISM": "false"})
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with ExitStack() as stack:
-        endpoints = stack.enter_context(local_infra(run_dir / "infra", env))
-        env.update(endpoints.env())
-        procs, url = start_services(stack, env, run_dir, neighbours=list(endpoints.pids.values()))
-        extra: dict[str, ServiceProcess] = {}
-        needs_second = set(args.scenarios) & {"standby", "handoff", "rolling"}
-        supervisor = Supervisor([endpoints.units, procs, extra], lambda line: print(line, flush=True))
-        stack.callback(supervisor.stop)
-        supervisor.start()
-        bench = Bench(url, model.name, procs, extra, supervisor, args)
-        results = []
-        if "restart" in args.scenarios:
-            results += asyncio.run(measure(bench, ["restart"]))
-        if needs_second:
-            extra["worker-2"] = ServiceProcess("worker-2", "services.worker", {
-                **env, "WORKER_MODEL": model.name, "SLUICE_DRAIN_S": "0"}, run_dir / "worker-2.log")
-            stack.callback(lambda: extra["worker-2"].stop())
-            extra["worker-2"].wait_ready(600)
-            results += asyncio.run(measure(bench, [s for s in args.scenarios if s != "restart"]))
-    table = render(results, args, when, machine.describe())
+    table = render(run(args, model), args, when, machine.describe())
     print(table)
     if args.docs is not None:
         write_docs(args.docs, table)

@@ -32,7 +32,6 @@ LEASE_S = 4.0  # SLUICE_LEASE_S's default
 @dataclass(frozen=True)
 class Stack:
     base_url: str  # the first gateway
-    urls: list[str]  # every gateway
     model: str  # the text model
     model_path: Path
     vl_model: str  # the vision model
@@ -46,6 +45,11 @@ class Stack:
     @property
     def kafka(self) -> str:
         return self.env["KAFKA_BOOTSTRAP_SERVERS"]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every gateway's URL, the first first (a restarted gateway listens on a new port)."""
+        return gateway_urls(self.procs)
 
     @property
     def reply_topic(self) -> str:
@@ -135,7 +139,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         stack_.callback(supervisor.stop)
         supervisor.start()
         yield Stack(
-            base_url=url, urls=gateway_urls(procs), model=model_path.name, model_path=model_path,
+            base_url=url, model=model_path.name, model_path=model_path,
             vl_model=vl_model_path.name, vl_model_path=vl_model_path,
             env=env, procs=procs, infra=endpoints.units, supervisor=supervisor, logs=logs,
         )
