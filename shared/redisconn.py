@@ -43,6 +43,12 @@ class RedisDown(RedisConnectionError):
     """Redis was unreachable a moment ago: the command was not sent."""
 
 
+def level(exc: BaseException) -> int:
+    """The log level for a failed Redis call: the breaker has said Redis is down already, so
+    the calls it refused since are not worth a warning each."""
+    return logging.DEBUG if isinstance(exc, RedisDown) else logging.WARNING
+
+
 class Breaker:
     def __init__(self, name: str) -> None:
         self.name = name

@@ -8,6 +8,7 @@ import logging
 from shared.bus import Meta, Publisher
 from shared.claims import AbortMarks
 from shared.contracts import AbortRequest
+from shared.redisconn import level
 
 from services.gateway.metrics import GatewayMetrics
 
@@ -35,7 +36,7 @@ class Aborter:
             # Mark first: a request still on its way to a worker is skipped there.
             await asyncio.wait_for(self._marks.mark(request_id, self._keep_ms), 1.0)
         except Exception as exc:
-            log.warning("could not mark the abort of %s in Redis: %s", request_id, exc)
+            log.log(level(exc), "could not mark the abort of %s in Redis: %s", request_id, exc)
         try:
             await self._publisher.send_and_wait(
                 self._topic, AbortRequest(request_id=request_id, reason=reason), Meta(request_id))

@@ -103,6 +103,9 @@ async def _follower(app: web.Application) -> AsyncIterator[None]:
     # Short fetch waits: this consumer only fetches while a resumed stream is being read.
     async with kafka_consumer(settings.kafka, client_id=f"gateway-{settings.gateway_id}-resume",
                               group_id=None, fetch_max_wait_ms=100) as consumer:
+        # Metadata and connections now, not on the first resume (~100 ms).
+        await consumer.end_offsets([TopicPartition(settings.reply_topic, p)
+                                    for p in range(app[REPLY_PARTITIONS])])
         follower = app[FOLLOWER] = Follower(consumer, settings.reply_topic, app[REPLY_PARTITIONS],
                                             app[METRICS])
         task = asyncio.create_task(follower.run(), name="gateway-follower")

@@ -5,8 +5,8 @@ the creation time): Kafka's time index gives the first offset that can hold them
 group-less consumer follows every partition that has a resumed stream, from the earliest
 offset any of them needs, and hands each stream's records to its collector; the sequencer
 in the collector drops what it has seen already, so a partition may be read again from an
-earlier point (rewound) when a new resume needs it, without any stream seeing a record
-twice. A collector is caught up once its partition has been read, from at most its start,
+earlier point (rewound) when a new resume needs it: each stream is handed only the records
+past those it has (and its sequencer would drop a repeat anyway). A collector is caught up once its partition has been read, from at most its start,
 past the end it had when the resume began: by then the stream's header (StreamOpened) and
 everything stored so far have been delivered.
 
@@ -45,6 +45,10 @@ class Following:
     start: int  # the first offset that can hold its records
     end: int  # the partition's end when the resume began
     collector: Collector
+    next_offset: int = 0  # what it has been handed: a rewind for another stream skips it
+
+    def __post_init__(self) -> None:
+        self.next_offset = self.start
 
 
 class Follower:
@@ -60,6 +64,10 @@ class Follower:
         self._pos: dict[TopicPartition, int] = {}  # the next offset to hand out
         self._assigned: set[TopicPartition] = set()
         self._changed = asyncio.Event()
+        # Resumes waiting to learn where their partition's records start and end: looked up
+        # together (a burst of resumes, after a gateway died, costs two requests, not two each).
+        self._lookups: list[tuple[StreamKey, asyncio.Future[tuple[int, int]]]] = []
+        self._lookup: asyncio.Task | None = None
 
     def _all(self) -> list[Following]:
         return [*self._pending, *(f for subs in self._subs.values() for fs in subs.values() for f in fs)]
@@ -76,15 +84,42 @@ class Follower:
         if not 0 <= key.partition < self._partitions:
             return None
         tp = TopicPartition(self._topic, key.partition)
-        found = (await self._consumer.offsets_for_times({tp: max(key.created_ms - SKEW_MS, 0)}))[tp]
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        start = end if found is None else min(found.offset, end)
+        bounds: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._lookups.append((key, bounds))
+        if self._lookup is None or self._lookup.done():
+            self._lookup = asyncio.create_task(self._look_up(), name="follower-lookup")
+        start, end = await bounds
         following = Following(key, tp, start, end, Collector(self._metrics))
         if start >= end:
             following.collector.caught_up.set()  # nothing stored since its creation time
         self._pending.append(following)
         self._changed.set()
         return following
+
+    async def _look_up(self) -> None:
+        """Where the records of the resumes waiting can start (the time index, from the
+        earliest creation time per partition) and where each partition ends now."""
+        while self._lookups:
+            batch, self._lookups = self._lookups, []
+            since: dict[TopicPartition, int] = {}
+            for key, _ in batch:
+                tp = TopicPartition(self._topic, key.partition)
+                since[tp] = min(since.get(tp, key.created_ms), key.created_ms)
+            try:
+                found = await self._consumer.offsets_for_times(
+                    {tp: max(ms - SKEW_MS, 0) for tp, ms in since.items()})
+                ends = await self._consumer.end_offsets(list(since))
+            except Exception as exc:
+                for _, bounds in batch:
+                    if not bounds.done():
+                        bounds.set_exception(exc)
+                continue
+            for key, bounds in batch:
+                tp = TopicPartition(self._topic, key.partition)
+                end = ends[tp]
+                start = end if found[tp] is None else min(found[tp].offset, end)
+                if not bounds.done():
+                    bounds.set_result((start, end))
 
     def close(self, following: Following) -> None:
         if following in self._pending:
@@ -168,11 +203,16 @@ class Follower:
             readers = subs.get(record.key)
             if not readers:
                 continue
-            try:
-                msg = self._codec.decode(record.value)
-            except DecodeErrors:
-                continue  # the home gateway of this partition dead-letters it
+            msg = None
             for following in readers:
+                if record.offset < following.next_offset:
+                    continue  # it has this one already (a rewind for a newer resume)
+                following.next_offset = record.offset + 1
+                if msg is None:
+                    try:
+                        msg = self._codec.decode(record.value)
+                    except DecodeErrors:
+                        break  # the home gateway of this partition dead-letters it
                 following.collector.record(msg, record.timestamp)
         pos = self._pos.get(tp, 0)
         for readers in subs.values():

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.redisconn import REDIS_ERRORS
+from shared.redisconn import REDIS_ERRORS, level
 from shared.watches import Watches
 
 from services.gateway.aborts import Aborter
@@ -64,7 +64,7 @@ class Watcher:
             await self._watches.hold([(request_id, grace_s)])
             return  # whoever runs it stops it when the grace has passed with nobody reading
         except REDIS_ERRORS as exc:
-            log.warning("could not start the grace window of %s in Redis (%s); timing it here",
+            log.log(level(exc), "could not start the grace window of %s in Redis (%s); timing it here",
                         request_id, exc)
         await asyncio.sleep(grace_s)
         if request_id not in self._readers:

@@ -21,9 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-
 from shared.claims import Claims, Held, RecordLoc
-from shared.redisconn import REDIS_ERRORS
+from shared.redisconn import REDIS_ERRORS, level
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ class Ownership:
             # request over, and stopping would stall every stream. A worker cut off alone
             # while others take its requests over makes the gateway see two workers
             # disagree: it ends those streams with an error rather than mix them.
-            log.warning("lease renewal failed (%s); carrying on", exc)
+            log.log(level(exc), "lease renewal failed (%s); carrying on", exc)
             for owned in held:
                 owned.valid_until = max(owned.valid_until, time.monotonic() + self._lease_s / 4)
             return

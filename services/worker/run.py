@@ -35,7 +35,7 @@ from shared.contracts import TokenizedRequest
 from shared.errors import (DeadlineExceeded, InvalidRequest, SluiceError, Unavailable,
                            as_sluice_error, error_reply)
 from shared.images import ImageStore
-from shared.redisconn import REDIS_ERRORS
+from shared.redisconn import REDIS_ERRORS, level
 from shared.replylog import LogQuery, LogReader, StreamProgress
 from shared.watches import Watches
 
@@ -241,7 +241,7 @@ class Runner:
             return await asyncio.wait_for(
                 self._d.claims.move_epoch(owned.request_id, owned.epoch, epoch), REDIS_WAIT_S)
         except REDIS_ERRORS as exc:
-            log.warning("request %s: could not move its claim to epoch %d (%s)",
+            log.log(level(exc), "request %s: could not move its claim to epoch %d (%s)",
                         owned.request_id, epoch, exc)
             return False
 
@@ -335,7 +335,7 @@ class Runner:
                 await asyncio.wait_for(self._d.claims.release(owned.request_id, owned.epoch),
                                        REDIS_WAIT_S)
             except REDIS_ERRORS as exc:  # its lease lapses by itself
-                log.warning("request %s: could not release its claim (%s)", owned.request_id, exc)
+                log.log(level(exc), "request %s: could not release its claim (%s)", owned.request_id, exc)
         return Outcome.HANDED_OVER
 
     async def _done(self, owned: Owned) -> Outcome:
@@ -345,7 +345,7 @@ class Runner:
             if owned.grace_s is not None:
                 await asyncio.wait_for(self._d.watches.forget(owned.request_id), REDIS_WAIT_S)
         except REDIS_ERRORS as exc:
-            log.warning("request %s: could not mark it done (%s)", owned.request_id, exc)
+            log.log(level(exc), "request %s: could not mark it done (%s)", owned.request_id, exc)
         return Outcome.SETTLED
 
     def _as_error(self, rid: str, exc: Exception) -> SluiceError:

@@ -31,7 +31,7 @@ from shared.consumer import GroupRunner, NotSettled
 from shared.contracts import Codec, DecodeErrors, TokenizedRequest
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
-from shared.redisconn import REDIS_ERRORS, redis_pair
+from shared.redisconn import REDIS_ERRORS, level, redis_pair
 from shared.replylog import LogQuery, LogReader, StreamProgress
 from shared.telemetry import child_traceparent, metrics_server
 from shared.watches import Watches
@@ -232,7 +232,7 @@ class WorkerService:
         try:
             return await asyncio.wait_for(self._claims.acquire(rid, loc, keep), REDIS_WAIT_S)
         except REDIS_ERRORS as exc:
-            log.warning("request %s: claims unavailable (%s); the reply log decides", rid, exc)
+            log.log(level(exc), "request %s: claims unavailable (%s); the reply log decides", rid, exc)
             return None
 
     # -- takeover of lapsed leases -------------------------------------------------------
@@ -342,7 +342,7 @@ class WorkerService:
                         registry.heartbeat(self.settings.model.route, self.settings.worker_id),
                         REDIS_WAIT_S)
                 except REDIS_ERRORS as exc:
-                    log.warning("heartbeat failed: %s", exc)
+                    log.log(level(exc), "heartbeat failed: %s", exc)
             await self._ownership.renew()
             await self._abandon_unwatched()
             if self._engine.errored and not self._engine_dead.is_set():
