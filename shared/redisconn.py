@@ -7,8 +7,8 @@ network) costs the first request that meets it one timeout, and the others nothi
 
 Two connections, by what their keys are for (shared.settings.RedisSettings):
 - state (`REDIS_URL`): claims, leases, watches, the worker registry. Correctness depends on
-  these, so that instance must never evict: `maxmemory-policy noeviction`, every key with
-  its own TTL.
+  these, so that instance must never evict (`maxmemory-policy noeviction`); it stays small
+  because claims expire after their request's deadline and the shared sets are pruned.
 - cache (`REDIS_CACHE_URL`, by default the same server): token ids and preprocessed
   images, which can be made again; that instance may evict (`allkeys-lru`).
 """

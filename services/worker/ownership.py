@@ -7,7 +7,8 @@ continue, or lost to another worker that took it over. Everything the worker kno
 a request is on that record: its claim (epoch, lease validity), the engine requests
 running for it, whether the client gave up, and why the worker stopped it (`Stop`).
 
-Leases are renewed for every claimed request in one Redis call. A reply goes out only
+Leases are renewed for every claimed request in one Redis call, and the streams' watches
+checked with it (a generation nobody reads any more is stopped). A reply goes out only
 while the lease is certainly live (`confirm`): past that, the worker asks Redis first, so
 a worker that was paused or cut off never writes into a stream another worker took over.
 """
@@ -23,6 +24,7 @@ from enum import Enum
 
 from shared.claims import Claims, Held, RecordLoc
 from shared.redisconn import REDIS_ERRORS, level
+from shared.watches import Watches
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,23 @@ class Ownership:
                                return_when=asyncio.FIRST_COMPLETED)
         return True
 
-    def watched(self) -> list[Owned]:
-        """Requests running here whose stream a gateway watches."""
-        return [o for o in self._owned.values()
-                if o.claimed and o.grace_s is not None and not o.aborted and o.stop is None]
+    async def abandon_unwatched(self, watches: Watches) -> int:
+        """Stop the generations nobody reads any more: their client left and did not resume
+        within its grace window, or their gateway died (shared.watches). Returns how many."""
+        entries = [(o.request_id, self._lease_s + o.grace_s) for o in self._owned.values()
+                   if o.claimed and o.grace_s is not None and not o.aborted and o.stop is None]
+        if not entries:
+            return 0
+        try:
+            expired = await asyncio.wait_for(watches.expired(entries), self._lease_s / 4)
+        except REDIS_ERRORS:
+            return 0  # without Redis, only explicit aborts stop a generation
+        stopped = 0
+        for rid in expired:
+            if await self.abort(rid):
+                stopped += 1
+                log.info("abandoning %s: nobody has read its stream within its grace window", rid)
+        return stopped
 
     def held(self) -> list[Owned]:
         """Claims to renew: every one still ours, including those being handed over (their

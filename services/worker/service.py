@@ -344,27 +344,11 @@ class WorkerService:
                 except REDIS_ERRORS as exc:
                     log.log(level(exc), "heartbeat failed: %s", exc)
             await self._ownership.renew()
-            await self._abandon_unwatched()
+            self.metrics.abandoned.inc(await self._ownership.abandon_unwatched(self._watches))
             if self._engine.errored and not self._engine_dead.is_set():
                 log.error("the engine is dead")
                 self._engine_dead.set()
             await asyncio.sleep(self._poll_s)
-
-    async def _abandon_unwatched(self) -> None:
-        """Stop the generations nobody reads any more: their client left and did not resume
-        within the grace window, or their gateway died (shared.watches)."""
-        lease = self.settings.lease_s
-        entries = [(o.request_id, lease + o.grace_s) for o in self._ownership.watched()]
-        if not entries:
-            return
-        try:
-            expired = await asyncio.wait_for(self._watches.expired(entries), REDIS_WAIT_S)
-        except REDIS_ERRORS:
-            return  # without Redis, only explicit aborts stop a generation
-        for rid in expired:
-            if await self._ownership.abort(rid):
-                self.metrics.abandoned.inc()
-                log.info("abandoning %s: nobody has read its stream within its grace window", rid)
 
     # -- aborts --------------------------------------------------------------------------
     async def _abort(self, request_id: str) -> None:
