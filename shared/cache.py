@@ -48,7 +48,9 @@ class WorkerRegistry:
 
     A registry younger than one heartbeat period (`<prefix>:workers-since`: a Redis that
     restarted empty, or a new deployment) is incomplete: live workers have not all beaten
-    into it yet, so it answers "unknown" rather than "none"."""
+    into it yet, so it answers "unknown" rather than "none". So does a registry this process
+    could not reach until less than a period ago: a Redis that hung (paused, or cut off)
+    held every worker's heartbeats, and they have not all come in since."""
 
     def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
         self._prefix = f"{prefix}:workers:"
@@ -76,7 +78,10 @@ return live
     async def live(self, route: str) -> int | None:
         """Live workers of the route; None while the registry cannot tell yet."""
         count = int(await self._live(keys=[self._prefix + route, self._since], args=[self._ttl]))
-        return None if count < 0 else count
+        breaker = getattr(self._redis, "breaker", None)  # shared.redisconn's, if guarded
+        if count < 0 or (count == 0 and breaker is not None and breaker.recovered_within(self._ttl)):
+            return None
+        return count
 
 
 # KEYS[2]: when the registry began (Redis's clock, seconds); set by whoever comes first.

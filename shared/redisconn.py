@@ -1,9 +1,11 @@
 """Redis connections that never hold a request up for long.
 
-Every command waits at most `REDIS_TIMEOUT_S` (250 ms by default) and is not retried. After
-a failure the connection is presumed down: commands fail at once (RedisDown) until a
-background ping gets an answer again, so a Redis that hangs (paused, or cut off by the
-network) costs the first request that meets it one timeout, and the others nothing.
+Every command waits at most `REDIS_TIMEOUT_S` (250 ms by default); only a connection error
+is retried, once and at once (a pooled connection to a server that restarted). After
+a failure the connection is presumed down: its pooled connections are dropped and commands
+fail at once (RedisDown) until a background ping gets an answer again, so a Redis that
+hangs (paused, or cut off by the network) costs the first request that meets it one
+timeout, and the others nothing.
 
 Two connections, by what their keys are for (shared.settings.RedisSettings):
 - state (`REDIS_URL`): claims, leases, watches, the worker registry. Correctness depends on
@@ -53,6 +55,7 @@ class Breaker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.down_since: float | None = None
+        self.recovered_at: float | None = None  # monotonic: when it last answered again
         self._woken = asyncio.Event()
 
     @property
@@ -75,6 +78,10 @@ class Breaker:
             log.info("Redis (%s) answers again after %.1fs", self.name,
                      time.monotonic() - self.down_since)
             self.down_since = None
+            self.recovered_at = time.monotonic()
+
+    def recovered_within(self, seconds: float) -> bool:
+        return self.recovered_at is not None and time.monotonic() - self.recovered_at < seconds
 
     async def wait_down(self) -> None:
         self._woken.clear()
@@ -109,6 +116,9 @@ class GuardedRedis(Redis):
     async def _probe(self) -> None:
         while True:
             await self.breaker.wait_down()
+            # Every pooled connection is suspect (to a server that restarted, each would fail
+            # once and trip the breaker again): start afresh.
+            await self.connection_pool.disconnect()
             while self.breaker.down:
                 await asyncio.sleep(PROBE_S)
                 try:
@@ -133,9 +143,13 @@ class GuardedPipeline(Pipeline):
 
 @asynccontextmanager
 async def redis_client(url: str, timeout_s: float, name: str = "state") -> AsyncIterator[Redis]:
+    # One immediate retry, on a connection error only: a pooled connection to a server that
+    # restarted fails once ("closed by server") and a fresh one works. A timeout is never
+    # retried: a hung server must cost one timeout, not several.
     client = GuardedRedis.from_url(
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-        health_check_interval=30, retry=Retry(NoBackoff(), 0))
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     client.breaker = Breaker(name)
     probe = asyncio.create_task(client._probe(), name=f"redis-probe-{name}")
     try:

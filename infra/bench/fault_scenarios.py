@@ -33,6 +33,7 @@ class Row:
     lost: int = 0
     longest_stall_s: float = 0.0
     note: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # what the failed ones were told
 
     def count(self, streams: list[Stream]) -> None:
         for s in streams:
@@ -41,6 +42,9 @@ class Row:
                 self.completed += 1
             elif s.errors or s.status != 200:
                 self.failed += 1
+                error = (s.errors[0].get("error") or {}) if s.errors else {}
+                what = f"{s.status} {error.get('code')}: {str(error.get('message'))[:80]}"
+                self.errors[what] = self.errors.get(what, 0) + 1
             else:
                 self.lost += 1
             self.longest_stall_s = max(self.longest_stall_s, s.longest_gap())
@@ -251,7 +255,7 @@ class Faults:
         await self.redis_down("redis-cache")
 
     async def redis_paused(self) -> None:
-        row = Row("Redis (state) paused 10 s")
+        row = Row("Redis (state) paused 10 s, and 3 s after")
         before = [await self._ttft(f"before {i}", row) for i in range(5)]
         during = []
         self.stack.signal("redis", signal.SIGSTOP)
@@ -261,6 +265,9 @@ class Faults:
                 during.append(await self._ttft(f"paused {len(during)}", row))
         finally:
             self.stack.signal("redis", signal.SIGCONT)
+        resumed = time.monotonic()
+        while time.monotonic() - resumed < 3:  # the registry is stale right after the pause
+            await self._ttft("after the pause", row)
         row.note = (f"TTFT p50 {statistics.median(before) * 1000:.0f} ms before, "
                     f"{statistics.median(during) * 1000:.0f} ms during; the slowest request "
                     f"during the pause took {max(during) * 1000:.0f} ms to its first token")

@@ -84,8 +84,9 @@ def render(results: Results, args: argparse.Namespace, when: str, host: dict) ->
     notes = []
     for row in rows:
         mark = ""
-        if row.note:
-            notes.append(row.note)
+        note = "; ".join(filter(None, [row.note, *(f"{n} × {what}" for what, n in row.errors.items())]))
+        if note:
+            notes.append(note)
             mark = f" [{len(notes)}]"
         lines.append(f"| {row.fault}{mark} | {row.sent} | {row.completed} | {row.failed} | "
                      f"{row.lost} | {row.longest_stall_s:.1f} |")

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiokafka import TopicPartition
+from redis.asyncio import Redis
 
 from shared.bus import Publisher, ensure_topics, kafka_consumer, kafka_producer
 from shared.cache import WorkerRegistry
 from shared.claims import AbortMarks
 from shared.errors import SluiceError
-from shared.redisconn import redis_client
+from shared.redisconn import REDIS_ERRORS, redis_client
 from shared.watches import Watches
 
 from services.gateway.aborts import Aborter
@@ -56,7 +57,20 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with redis_client(settings.redis.url, settings.redis.timeout_s) as redis:
         app[REDIS] = redis
+        task = asyncio.create_task(_keep_in_touch(redis, settings.lease_s / 4), name="redis-ping")
         yield
+        await _stopped(task)
+
+
+async def _keep_in_touch(redis: Redis, every_s: float) -> None:
+    """A ping now and then, so that even an idle gateway learns of a Redis outage: right
+    after one, the worker registry is stale (shared.cache.WorkerRegistry)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await redis.ping()
+        except REDIS_ERRORS:
+            pass
 
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:

@@ -90,3 +90,25 @@ async def test_a_hung_redis_costs_one_timeout_then_fails_fast_until_it_answers(s
                 await asyncio.sleep(0.1)
         else:
             raise AssertionError("the connection never recovered")
+
+
+async def test_after_a_restart_stale_connections_do_not_trip_it_again(tmp_path_factory):
+    """A pool of connections to a server that died and came back: every command goes
+    through (a stale connection is replaced at once), rather than each stale connection
+    failing in turn and tripping the breaker (a worker then missed its heartbeats for
+    seconds, and the image a worker read next failed its request)."""
+    url, unit = start_redis(tmp_path_factory.mktemp("redis-restart"))
+    try:
+        async with redis_client(url, 0.25, "test") as client:
+            await asyncio.gather(*(client.blpop(f"nothing-{i}", timeout=0.05) for i in range(8)))
+            assert len(client.connection_pool._available_connections) == 8
+            unit.proc.kill()
+            unit.proc.wait()
+            unit = unit.respawn()
+            unit.wait_ready(20)
+            results = await asyncio.gather(*(client.set(f"k{i}", i) for i in range(8)),
+                                           return_exceptions=True)
+            assert results == [True] * 8, results
+            assert not client.breaker.down
+    finally:
+        unit.stop()
