@@ -61,14 +61,21 @@ class Scenario:
     lost: int = 0
     longest_stall_s: float = 0.0
     takeovers: list[Takeover] = field(default_factory=list)
+    note: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # what the failed ones were told
 
     def count(self, streams: list[Stream]) -> None:
+        """Completed: exactly its tokens; failed: a clear error (an error status, or an
+        error event then [DONE]); lost: neither (cut off, or hung)."""
         for s in streams:
             self.sent += 1
             if s.complete():
                 self.completed += 1
             elif s.errors or s.status != 200:
                 self.failed += 1
+                error = (s.errors[0].get("error") or {}) if s.errors else {}
+                what = f"{s.status} {error.get('code')}: {str(error.get('message'))[:80]}"
+                self.errors[what] = self.errors.get(what, 0) + 1
             else:
                 self.lost += 1
             self.longest_stall_s = max(self.longest_stall_s, s.longest_gap())

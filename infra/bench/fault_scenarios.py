@@ -24,35 +24,14 @@ GRACE_S = 15.0  # GATEWAY_RESUME_GRACE_S's default
 LEASE_S = 4.0
 
 
-@dataclass
-class Row:
-    fault: str
-    sent: int = 0
-    completed: int = 0
-    failed: int = 0
-    lost: int = 0
-    longest_stall_s: float = 0.0
-    note: str = ""
-    errors: dict[str, int] = field(default_factory=dict)  # what the failed ones were told
-
-    def count(self, streams: list[Stream]) -> None:
-        for s in streams:
-            self.sent += 1
-            if s.complete():
-                self.completed += 1
-            elif s.errors or s.status != 200:
-                self.failed += 1
-                error = (s.errors[0].get("error") or {}) if s.errors else {}
-                what = f"{s.status} {error.get('code')}: {str(error.get('message'))[:80]}"
-                self.errors[what] = self.errors.get(what, 0) + 1
-            else:
-                self.lost += 1
-            self.longest_stall_s = max(self.longest_stall_s, s.longest_gap())
+def table_row(fault: str) -> failover.Scenario:
+    """One row of the table: a fault and what its clients saw."""
+    return failover.Scenario(name=fault, fault=fault)
 
 
 @dataclass
 class Results:
-    rows: list[Row] = field(default_factory=list)
+    rows: list[failover.Scenario] = field(default_factory=list)
     resume_s: list[float] = field(default_factory=list)
     orphan_s: list[float] = field(default_factory=list)
     failover: list[failover.Scenario] = field(default_factory=list)
@@ -115,7 +94,7 @@ class Faults:
         return self.stack.model
 
     async def gateway_kill(self) -> None:
-        row = Row("gateway killed (SIGKILL); its clients resume on the other gateway")
+        row = table_row("gateway killed (SIGKILL); its clients resume on the other gateway")
         for _ in range(self.args.rounds):
             tasks, progress = start_streams(self.http, self.model, _lengths(8, 600), "gw",
                                             url=self.stack.urls[1])
@@ -130,7 +109,7 @@ class Faults:
         self.results.rows.append(row)
 
     async def client_resume(self) -> None:
-        row = Row("client disconnects mid-stream, resumes on another gateway")
+        row = table_row("client disconnects mid-stream, resumes on another gateway")
         for _ in range(self.args.rounds):
             streams = [Stream(n) for n in _lengths(16, 300)]
             await asyncio.gather(*(complete(self.http, self.model, f"resume {i}", s, stop_at=30)
@@ -175,7 +154,7 @@ class Faults:
             await consumer.stop()
 
     async def broker_pause(self) -> None:
-        row = Row("the broker paused 5 s (SIGSTOP, SIGCONT)")
+        row = table_row("the broker paused 5 s (SIGSTOP, SIGCONT)")
         for _ in range(self.args.rounds):
             tasks, progress = start_streams(self.http, self.model, _lengths(8, 400), "pause")
             await progress.all_have(10)
@@ -191,7 +170,7 @@ class Faults:
         self.results.rows.append(row)
 
     async def cluster_down(self) -> None:
-        row = Row("the whole cluster down 20 s (the broker killed, then restarted)")
+        row = table_row("the whole cluster down 20 s (the broker killed, then restarted)")
         fast, recovered, cut_resumed, error_after = [], [], 0, []
         for _ in range(self.args.rounds):
             tasks, progress = start_streams(self.http, self.model, [3000] * 4, "outage")
@@ -234,7 +213,7 @@ class Faults:
 
     async def redis_down(self, name: str) -> None:
         what = "state" if name == "redis" else "cache"
-        row = Row(f"Redis ({what}) down 10 s (killed, then restarted empty)")
+        row = table_row(f"Redis ({what}) down 10 s (killed, then restarted empty)")
         for _ in range(self.args.rounds):
             tasks, progress = start_streams(self.http, self.model, _lengths(4, 300), f"no-{name}")
             await progress.all_have(5)
@@ -255,7 +234,7 @@ class Faults:
         await self.redis_down("redis-cache")
 
     async def redis_paused(self) -> None:
-        row = Row("Redis (state) paused 10 s, and 3 s after")
+        row = table_row("Redis (state) paused 10 s, and 3 s after")
         before = [await self._ttft(f"before {i}", row) for i in range(5)]
         during = []
         self.stack.signal("redis", signal.SIGSTOP)
@@ -273,7 +252,7 @@ class Faults:
                     f"during the pause took {max(during) * 1000:.0f} ms to its first token")
         self.results.rows.append(row)
 
-    async def _ttft(self, tag: str, row: Row) -> float:
+    async def _ttft(self, tag: str, row: failover.Scenario) -> float:
         s = Stream(4)
         started = time.monotonic()
         await complete(self.http, self.model, tag, s)
@@ -281,7 +260,7 @@ class Faults:
         return (s.arrivals[0] - started) if s.arrivals else float("nan")
 
     async def redis_restart(self) -> None:
-        row = Row("Redis (state) restarted empty under load")
+        row = table_row("Redis (state) restarted empty under load")
         results: list[Stream] = []
         stop = asyncio.Event()
 
@@ -304,7 +283,7 @@ class Faults:
 
     async def broker_kill(self) -> None:
         """On the three-broker stack."""
-        row = Row("one broker of three killed (SIGKILL): the reply partition's leader")
+        row = table_row("one broker of three killed (SIGKILL): the reply partition's leader")
         for _ in range(self.args.rounds):
             tasks, progress = start_streams(self.http, self.model, _lengths(8, 600), "broker")
             await progress.all_have(10)

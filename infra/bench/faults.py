@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 
 from infra.bench import failover, machine
-from infra.bench.fault_scenarios import GRACE_S, LEASE_S, Faults, Results, Row, Stack
+from infra.bench.fault_scenarios import GRACE_S, LEASE_S, Faults, Results, Stack
 from infra.localinfra import ROOT, local_infra
 from infra.models.folder import is_built
 from infra.procs import start_services
@@ -77,18 +77,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def render(results: Results, args: argparse.Namespace, when: str, host: dict) -> str:
-    rows = [Row(f"worker fault: {sc.fault}", sc.sent, sc.completed, sc.failed, sc.lost,
-                sc.longest_stall_s) for sc in results.failover] + results.rows
+    rows = [*results.failover, *results.rows]
     lines = ["| fault | requests sent | completed | failed | lost | longest stall (s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     notes = []
     for row in rows:
         mark = ""
-        note = "; ".join(filter(None, [row.note, *(f"{n} × {what}" for what, n in row.errors.items())]))
+        told = [f"{n} × {what}" for what, n in row.errors.items()]
+        note = "; ".join(filter(None, [row.note, *told]))
         if note:
             notes.append(note)
             mark = f" [{len(notes)}]"
-        lines.append(f"| {row.fault}{mark} | {row.sent} | {row.completed} | {row.failed} | "
+        title = f"worker fault: {row.fault}" if row in results.failover else row.fault
+        lines.append(f"| {title}{mark} | {row.sent} | {row.completed} | {row.failed} | "
                      f"{row.lost} | {row.longest_stall_s:.1f} |")
     lines.append("")
     lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]

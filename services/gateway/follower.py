@@ -70,7 +70,8 @@ class Follower:
         self._lookup: asyncio.Task | None = None
 
     def _all(self) -> list[Following]:
-        return [*self._pending, *(f for subs in self._subs.values() for fs in subs.values() for f in fs)]
+        active = (f for subs in self._subs.values() for fs in subs.values() for f in fs)
+        return [*self._pending, *active]
 
     def __len__(self) -> int:
         return len(self._all())
