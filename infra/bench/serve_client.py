@@ -45,6 +45,9 @@ def client_argv(load: Load, base_url: str, model_path: Path, served_name: str,
         "--ignore-eos", "--temperature", "0",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--disable-tqdm",
+        # Its parser takes an SSE event to be its `data:` line alone, so Sluice leaves out
+        # the `id:` lines (for resumes) in the streams it measures; vllm serve ignores this.
+        "--header", "X-Sluice-Event-Ids=off",
         # Detailed: per-request start times, so process CPU use can be cut to the
         # measured requests (warm-up and the client's start-up left out).
         "--save-result", "--save-detailed", "--result-dir", str(result_file.parent),

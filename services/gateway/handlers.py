@@ -32,6 +32,9 @@ from services.gateway.state import (ADMISSION, HEALTH, HOME, METRICS, PUBLISHER,
 
 
 TIMEOUT_HEADER = "X-Request-Timeout"
+# `off`: SSE events without `id:` lines, for clients that take an event to be its `data:`
+# line alone (vLLM's `vllm bench serve` does); such a stream can be resumed from its start.
+EVENT_IDS_HEADER = "X-Sluice-Event-Ids"
 
 
 def request_timeout(header: str | None, default_s: float) -> float:
@@ -79,7 +82,8 @@ async def _generate(request: web.Request, kind: type, to_wire: Callable, chat: b
             owner=key_owner(request, settings.api_keys), deadline=wire.deadline)
     return await generate.run(request, generate.Generation(
         wire=wire, spec=spec, stream=req.streaming, endpoint=endpoint,
-        formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage),
+        formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage,
+                            event_ids=request.headers.get(EVENT_IDS_HEADER, "on").lower() != "off"),
         traceparent=child_traceparent(request.headers.get("traceparent")),
         reply_to=reply_to, opened=opened,
     ))

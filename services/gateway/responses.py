@@ -68,8 +68,9 @@ class Formatter:
     """Per-request response builder for one endpoint (chat or text completion)."""
 
     def __init__(self, chat: bool, request_id: str, model: str, created: int, n: int,
-                 include_usage: bool) -> None:
+                 include_usage: bool, event_ids: bool = True) -> None:
         self.chat = chat
+        self.event_ids = event_ids  # off: plain `data:` events, for clients that read no other field
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
         self.model = model
         self.created = created
@@ -99,7 +100,7 @@ class Formatter:
         }
         if self.include_usage:
             body["usage"] = None
-        return sse(body, delta.seq)
+        return sse(body, delta.seq if self.event_ids else None)
 
     def _stream_choice(self, c: ChoiceDelta) -> dict:
         state = self._choices[c.index]
@@ -125,9 +126,9 @@ class Formatter:
                     "id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                     "created": self.created, "model": self.model, "choices": [],
                     "usage": usage_json(self.usage),
-                }, event_id)
+                }, event_id if self.event_ids else None)
             event_id += 1
-        return out + done(event_id)
+        return out + done(event_id if self.event_ids else None)
 
     # -- whole responses -----------------------------------------------------
     def add(self, delta: TokenDelta) -> None:

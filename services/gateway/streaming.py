@@ -70,8 +70,8 @@ async def stream(request: web.Request, response: web.StreamResponse, answer: Ans
     except SluiceError as exc:
         # Headers are gone already: the error travels as an SSE event, then [DONE].
         seq = answer.collector.error_seq
-        await response.write(error_event(error_body(exc), fmt.last_seq + 1 if seq is None else seq,
-                                         after))
+        event_id = (fmt.last_seq + 1 if seq is None else seq) if fmt.event_ids else None
+        await response.write(error_event(error_body(exc), event_id, after))
         raise
     finally:
         await batches.aclose()

@@ -91,3 +91,10 @@ def test_an_error_event_takes_its_id_and_is_left_out_when_the_client_had_it():
     body = {"error": {"message": "x"}}
     assert parsed(error_event(body, 5)) == [(5, body), (6, "[DONE]")]
     assert parsed(error_event(body, 5, after=5)) == [(6, "[DONE]")]
+
+
+def test_without_event_ids_events_are_plain_data_lines():
+    f = Formatter(True, "r", "m", 10, n=1, include_usage=True, event_ids=False)
+    raw = b"".join(f.chunks(d) for d in deltas()) + f.tail()
+    assert [event_id for event_id, _ in parsed(raw)] == [None] * 4
+    assert all(block.startswith(b"data: ") for block in raw.split(b"\n\n") if block)
