@@ -30,8 +30,10 @@ class Child:
     processes (a second worker's engine starting next to a running one got no CPU at all
     for minutes)."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path,
+                 cwd: Path = ROOT) -> None:
         self.name = name
+        self.cwd = cwd  # the checkout it runs from (another one: an A/B benchmark)
         self.argv = list(argv)
         self.env = env
         self.log_path = log_path
@@ -40,13 +42,13 @@ class Child:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            process_group=0, cwd=ROOT)
+            process_group=0, cwd=cwd)
         watchdog.guard(self.proc.pid)
         self._reader = threading.Thread(target=self._pump, name=f"{name}-log", daemon=True)
         self._reader.start()
 
     def respawn(self) -> Child:
-        return type(self)(self.name, self.argv, self.env, self.log_path)
+        return type(self)(self.name, self.argv, self.env, self.log_path, self.cwd)
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -124,15 +126,15 @@ class ServiceProcess(Child):
     """A Sluice service (`python -m <module>`); ready once it logs its ready line."""
 
     def __init__(self, name: str, module: str, env: dict[str, str], log_path: Path,
-                 echo: bool = False) -> None:
+                 echo: bool = False, cwd: Path = ROOT) -> None:
         self.module = module
         self.ready_detail = ""
         self._ready = threading.Event()
         self._echo = echo
-        super().__init__(name, [sys.executable, "-m", module], env, log_path)
+        super().__init__(name, [sys.executable, "-m", module], env, log_path, cwd)
 
     def respawn(self) -> ServiceProcess:
-        return ServiceProcess(self.name, self.module, self.env, self.log_path, self._echo)
+        return ServiceProcess(self.name, self.module, self.env, self.log_path, self._echo, self.cwd)
 
     def _line(self, line: bytes | None) -> None:
         if line is None:
@@ -196,6 +198,7 @@ def gateway_urls(procs: dict[str, ServiceProcess]) -> list[str]:
 
 
 def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *, echo: bool = False,
+                   cwd: Path = ROOT,
                    neighbours: Sequence[int] = ()) -> tuple[dict[str, ServiceProcess], str]:
     """Start every service, wait until each is ready; returns them and the gateway's URL.
     `stack` stops them (gateway first) when it unwinds. Then, on one host, everything but
@@ -203,7 +206,8 @@ def start_services(stack: ExitStack, env: dict[str, str], log_dir: Path, *, echo
     kept off the engines' cores; SLUICE_PIN_SERVICES=0 leaves placement to the kernel."""
     procs: dict[str, ServiceProcess] = {}
     for name, (module, extra) in plan(env).items():
-        procs[name] = ServiceProcess(name, module, {**env, **extra}, log_dir / f"{name}.log", echo=echo)
+        procs[name] = ServiceProcess(name, module, {**env, **extra}, log_dir / f"{name}.log",
+                                     echo=echo, cwd=cwd)
         stack.callback(lambda name=name: procs[name].stop())  # whichever process holds the name then
     for proc in procs.values():
         proc.wait_ready(timeout=600)  # the worker's engine start dominates

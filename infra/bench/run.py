@@ -223,6 +223,25 @@ def ratios(targets: dict, loads: tuple[Load, ...]) -> dict:
     return out
 
 
+def against_baseline(targets: dict, loads: tuple[Load, ...]) -> dict:
+    """This checkout against the baseline one, round by round (printed, and in the results)."""
+    out = {}
+    for load in loads:
+        pairs = list(zip(targets.get("sluice", {}).get("rounds", {}).get(load.name, []),
+                         targets.get("sluice-baseline", {}).get("rounds", {}).get(load.name, [])))
+        if not pairs:
+            continue
+        tok = [a["output_throughput"] / b["output_throughput"] for a, b in pairs]
+        ttft = [a["p50_ttft_ms"] - b["p50_ttft_ms"] for a, b in pairs]
+        out[load.name] = {"tok_s_ratio": statistics.median(tok), "tok_s_ratio_rounds": tok,
+                          "ttft_p50_delta_ms": statistics.median(ttft), "ttft_rounds": ttft}
+        print(f"{load.name}: this checkout / baseline tok/s {statistics.median(tok):.3f} "
+              f"({', '.join(f'{r:.3f}' for r in tok)}); TTFT p50 Δ "
+              f"{statistics.median(ttft):+.1f} ms ({', '.join(f'{d:+.1f}' for d in ttft)})",
+              flush=True)
+    return out
+
+
 def check(targets: dict, loads: tuple[Load, ...], transport_result: dict | None) -> list[str]:
     """What makes a run's figures suspect: failed or short requests, prompts or engine
     configurations that differ between targets, other processes busy on the machine."""
@@ -274,7 +293,13 @@ def main() -> None:
                    "alternating targets (default 3; 1 with --quick)")
     p.add_argument("--docs", type=Path, help="markdown page to rewrite (default on a full run: "
                    "docs/benchmarks.md; never on --quick unless given)")
+    p.add_argument("--baseline", type=Path, help="another checkout to run as the HTTP target "
+                   "sluice-baseline beside the others (an A/B of a change); the docs are left alone")
     args = p.parse_args()
+    if args.baseline:
+        HTTP_TARGETS["sluice-baseline"] = lambda engine, log_dir: sluice(
+            engine, log_dir, args.baseline.resolve(), "sluice-baseline")
+        args.targets.insert(args.targets.index("sluice") + 1, "sluice-baseline")
     started = time.monotonic()
     loads = pick(args.loads, args.quick)
     engine = EngineConfig.like_worker(args.model)
@@ -312,13 +337,15 @@ def main() -> None:
         print(f"{target} took {time.monotonic() - t0:.0f} s", flush=True)
     sampler.close()
     results["ratios"] = ratios(results["targets"], loads)
+    if args.baseline:
+        results["against_baseline"] = against_baseline(results["targets"], loads)
     results["problems"] = check(results["targets"], loads, results.get("transport")) + failures
     results["duration_s"] = time.monotonic() - started
     out = args.out_dir / "results.json"
     out.write_text(json.dumps(results, indent=1))
     print()
     print(report.markdown(results))  # ends with the run's problems, if any
-    docs = args.docs or (None if args.quick else ROOT / "docs" / "benchmarks.md")
+    docs = args.docs or (None if args.quick or args.baseline else ROOT / "docs" / "benchmarks.md")
     if docs is not None and not failures:
         docs.parent.mkdir(parents=True, exist_ok=True)
         docs.write_text(report.docs_page(results))

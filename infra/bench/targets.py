@@ -4,6 +4,9 @@ is paused (`pausable`).
 - sluice: Kafka, Redis, tokenizer, worker and gateway, as `make up` runs them.
 - vllm-serve: vLLM's OpenAI server on the same model folder with the worker's engine
   settings (`python -m vllm.entrypoints.openai.api_server` is `vllm serve`).
+- sluice-baseline (`--baseline DIR`): Sluice's services run from another checkout (an
+  earlier commit, say) on its own Kafka and Redis: a change measured against what it
+  changed, round by round in one run.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def private_env() -> dict[str, str]:
 
 
 @contextmanager
-def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
+def sluice(engine: EngineConfig, log_dir: Path, checkout: Path | None = None,
+           name: str = "sluice") -> Iterator[Running]:
+    """`checkout`: run the services from that checkout (its code, this environment)."""
     env = private_env()
     env.update(engine.env())
     env.update({"SLUICE_MODEL": str(engine.model), "GATEWAY_PORT": "0", "GATEWAY_ID": "bench",
@@ -56,14 +61,17 @@ def sluice(engine: EngineConfig, log_dir: Path) -> Iterator[Running]:
     with ExitStack() as stack:
         endpoints = stack.enter_context(local_infra(log_dir / "infra", env))
         env.update(endpoints.env())
-        procs, url = start_services(stack, env, log_dir, neighbours=list(endpoints.pids.values()))
-        pids = {name: proc.proc.pid for name, proc in procs.items()}
+        procs, url = start_services(stack, env, log_dir, neighbours=list(endpoints.pids.values()),
+                                    **({"cwd": checkout} if checkout else {}))
+        pids = {service: proc.proc.pid for service, proc in procs.items()}
         notes = [line.split("services.worker.engine: ", 1)[-1].strip()
-                 for name, proc in procs.items() if name.startswith("worker")
+                 for service, proc in procs.items() if service.startswith("worker")
                  for line in open(proc.log_path, errors="replace") if "confined to CPUs" in line]
+        if checkout:
+            notes.append(f"services run from {checkout}")
         engines = [p.pid for p in engine_processes(
-            proc.proc.pid for name, proc in procs.items() if name.startswith("worker"))]
-        yield Running("sluice", url, {**pids, **endpoints.pids},
+            proc.proc.pid for service, proc in procs.items() if service.startswith("worker"))]
+        yield Running(name, url, {**pids, **endpoints.pids},
                       [pids["gateway"], *engines], [*notes, f"logs in {log_dir}"])
 
 
