@@ -82,9 +82,10 @@ async def read(resp: aiohttp.ClientResponse, stream: Stream, progress: Progress 
             continue
         if not line.startswith(b"data: "):
             continue
-        if event_id is not None:
+        if event_id is not None:  # an event without an id keeps the last one (as in SSE)
             stream.last_id = event_id
             stream.ids.append(event_id)
+            event_id = None
             if started is not None:
                 stream.resumes.append(time.monotonic() - started)
                 started = None

@@ -52,7 +52,10 @@ class Collector:
         self.finished = False
         self.opened: StreamOpened | None = None
         self.ended_ms: int | None = None  # broker time of the final record
-        self.error_seq: int | None = None  # the message number an error event takes
+        # The message number of a stored error (a worker's ErrorReply). An error the gateway
+        # made itself (Kafka away, a timeout, a gap) is not in the log: its event gets no id,
+        # so a client resuming after it starts from its last delta.
+        self.error_seq: int | None = None
         self.caught_up = asyncio.Event()
 
     @property
@@ -100,10 +103,11 @@ class Collector:
         self._wake.set()
 
     def fail(self, exc: SluiceError, seq: int | None = None) -> None:
-        """End the stream with `exc`; `seq` is the error's own message number, if it has one."""
+        """End the stream with `exc`; `seq` is the error's own message number when the error
+        is stored in the log."""
         if self._error is None and not self.finished:
             self._error = exc
-            self.error_seq = self._sequence.next_seq if seq is None else seq
+            self.error_seq = seq
             self._wake.set()
 
     async def batches(self, idle_timeout_s: float,

@@ -159,7 +159,8 @@ class Formatter:
 
 def error_event(body: dict, event_id: int | None = None, after: int = -1) -> bytes:
     """An error after the stream started, then the terminator (the error is left out when
-    the client had it already)."""
+    the client had it already). `event_id` is a stored error's message number; an error the
+    gateway made is not in the log, and neither it nor its `[DONE]` takes an id."""
     if event_id is None:
         return sse(body) + DONE
     head = sse(body, event_id) if event_id > after else b""

@@ -69,8 +69,7 @@ async def stream(request: web.Request, response: web.StreamResponse, answer: Ans
         await response.write(fmt.tail(after))
     except SluiceError as exc:
         # Headers are gone already: the error travels as an SSE event, then [DONE].
-        seq = answer.collector.error_seq
-        event_id = (fmt.last_seq + 1 if seq is None else seq) if fmt.event_ids else None
+        event_id = answer.collector.error_seq if fmt.event_ids else None
         await response.write(error_event(error_body(exc), event_id, after))
         raise
     finally:

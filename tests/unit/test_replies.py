@@ -63,6 +63,16 @@ async def test_error_reply_is_raised_with_its_status():
     with pytest.raises(RemoteError) as err:
         await drain(c)
     assert err.value.status == 400 and err.value.message == "too long"
+    assert c.error_seq == 0  # a stored error's event takes its message number
+
+
+async def test_an_error_the_gateway_makes_has_no_message_number():
+    """It is not in the log: an id for it would be one a later stored event takes, and a
+    client resuming after it would skip that event."""
+    c = Collector(GatewayMetrics())
+    c.deliver(delta(0, "a"))
+    c.fail(UpstreamTimeout("silence"))
+    assert c.error_seq is None
 
 
 async def test_silence_times_out():

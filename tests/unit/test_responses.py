@@ -91,6 +91,8 @@ def test_an_error_event_takes_its_id_and_is_left_out_when_the_client_had_it():
     body = {"error": {"message": "x"}}
     assert parsed(error_event(body, 5)) == [(5, body), (6, "[DONE]")]
     assert parsed(error_event(body, 5, after=5)) == [(6, "[DONE]")]
+    # An error the gateway made (not in the log): no id on it or on its [DONE].
+    assert parsed(error_event(body, None, after=4)) == [(None, body), (None, "[DONE]")]
 
 
 def test_without_event_ids_events_are_plain_data_lines():
