@@ -13,7 +13,9 @@ time (Redis's clock, ms) until which the stream counts as watched.
 - The worker running a request checks its entry with every lease renewal and abandons the
   generation once the entry has expired. An entry that is missing (not written yet, or
   Redis restarted empty) is created as if just renewed, so a missing entry never stops a
-  stream, yet an orphan is still stopped within lease + grace.
+  stream, yet an orphan is still stopped within lease + grace. Right after Redis answers
+  again (it hung, or this process was cut off from it), no entry counts as expired for a
+  while: the gateways' renewals held up meanwhile have not all come in yet.
 
 Only requests that carry `grace_s` (those a gateway took) are watched.
 """
@@ -33,7 +35,8 @@ return 1
 """
 
 # KEYS: watch. ARGV: pairs of (rid, ms from now for a missing entry). Returns the expired.
-# Entries left behind (a stream whose end raced its gateway's last renewal) go after a day.
+# Entries left behind (a stream read again after its end, a request that never reached a
+# worker) go 10 minutes after they ran out: a running stream's worker sees it run out first.
 _CHECK = _NOW + """
 local expired = {}
 for i = 1, #ARGV, 2 do
@@ -44,7 +47,7 @@ for i = 1, #ARGV, 2 do
     table.insert(expired, ARGV[i])
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 600000)
 return expired
 """
 
@@ -68,10 +71,13 @@ class Watches:
                 args += [rid, int(seconds * 1000)]
             await self._set(keys=[self._key], args=args)
 
-    async def expired(self, entries: Sequence[tuple[str, float]]) -> set[str]:
+    async def expired(self, entries: Sequence[tuple[str, float]], settle_s: float = 0.0) -> set[str]:
         """The worker's side: which of these streams nobody watches any more. `entries` pairs
-        each request with how long a missing entry counts as watched (lease + grace)."""
-        if not entries:
+        each request with how long a missing entry counts as watched (lease + grace). For
+        `settle_s` after this process found Redis again, none: the gateways' renewals held up
+        by the outage may not have come in yet."""
+        breaker = getattr(self._redis, "breaker", None)  # shared.redisconn's, if guarded
+        if not entries or (breaker is not None and breaker.recovered_within(settle_s)):
             return set()
         args: list = []
         for rid, seconds in entries:

@@ -202,13 +202,14 @@ class Faults:
             for s in streams:  # the client resumes once the outage is over
                 s.errors.clear()
                 s.done = False
-                if await resume(self.http, s) == 200 and s.done:
+                if await resume(self.http, s) == 200 and s.complete():  # exactly the rest
                     cut_resumed += 1
         row.note = (f"by design: new requests got 503 in {max(fast):.2f} s at most once the gateway "
                     f"saw the outage; open streams ended with an error event "
                     f"{max(error_after):.1f} s after the kill; the first request after the "
                     f"broker's return succeeded within {max(recovered):.1f} s; "
-                    f"{cut_resumed} of {4 * self.args.rounds} cut streams resumed afterwards")
+                    f"{cut_resumed} of {4 * self.args.rounds} cut streams resumed afterwards and "
+                    f"got exactly the rest of their tokens")
         self.results.rows.append(row)
 
     async def redis_down(self, name: str) -> None:

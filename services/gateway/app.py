@@ -138,8 +138,9 @@ async def _aborts(app: web.Application) -> AsyncIterator[None]:
 
 async def _watcher(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    health = app[HEALTH]
     watcher = app[WATCHER] = Watcher(Watches(app[REDIS], settings.topics.prefix), app[ABORTER],
-                                     settings.lease_s)
+                                     settings.lease_s, bus_reachable=lambda: health.reachable)
     task = asyncio.create_task(watcher.run(), name="gateway-watches")
     yield
     await _stopped(task)

@@ -66,7 +66,7 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
             except SluiceError as exc:
                 metrics.requests.labels(gen.endpoint, str(exc.status)).inc()
                 if isinstance(exc, BusUnavailable):
-                    reading.left()  # Kafka is away: the stream may be resumed once it is back
+                    reading.cut()  # Kafka is away: the stream may be resumed once it is back
                 elif not collector.finished and not isinstance(exc, RemoteError):
                     # A stage that replied with an error has stopped already; after a timeout
                     # or a lost reply the worker may still be generating: stop it.

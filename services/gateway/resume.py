@@ -23,7 +23,8 @@ import time
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from shared.errors import BusUnavailable, InvalidRequest, SluiceError, StreamNotFound, Unavailable
+from shared.errors import (BusUnavailable, InvalidRequest, RemoteError, SluiceError, StreamNotFound,
+                           Unavailable)
 from shared.streamid import parse_response_id
 
 from services.gateway import streaming
@@ -31,11 +32,13 @@ from services.gateway.errors import key_owner
 from services.gateway.follower import Following
 from services.gateway.replies import Collector
 from services.gateway.responses import Formatter
+from services.gateway.settings import GatewaySettings
 from services.gateway.state import ABORTER, ADMISSION, FOLLOWER, METRICS, SETTINGS, WATCHER
 
 LAST_EVENT_ID = "Last-Event-ID"
 STARTING_AFTER = "starting_after"
 READ_BACK_S = 10.0  # longest wait to read a stream back from the log (then 503)
+CLOCK_SKEW_MS = 60_000  # between the gateway that made an id and this one
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
 _PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}  # as the response's id has it
 
@@ -64,7 +67,7 @@ async def _read_back(request: web.Request) -> Following:
     app, stream_id = request.app, request.match_info["id"]
     settings = app[SETTINGS]
     key = parse_response_id(stream_id)
-    if key is None:
+    if key is None or not _may_exist(key.created_ms, settings):
         raise _not_found(stream_id)
     follower = app[FOLLOWER]
     try:
@@ -90,6 +93,15 @@ async def _read_back(request: web.Request) -> Following:
         raise
 
 
+def _may_exist(created_ms: int, settings: GatewaySettings) -> bool:
+    """Whether a stream made then can still be resumed: it ended by its deadline, and stays
+    resumable for the retention window after that. Older (or future) ids are not looked
+    up: reading a partition back from long ago would cost every resume on it."""
+    now_ms = time.time() * 1000
+    oldest = now_ms - (settings.request_timeout_s + settings.topics.resume_retention_s) * 1000
+    return oldest - CLOCK_SKEW_MS <= created_ms <= now_ms + CLOCK_SKEW_MS
+
+
 def _expired(collector: Collector, retention_s: float) -> bool:
     now_ms = time.time() * 1000
     if collector.ended_ms is not None:
@@ -111,6 +123,8 @@ async def resume(request: web.Request) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         try:
             with app[WATCHER].reading(opened.request_id, settings.resume_grace_s) as reading:
+                if not collector.over:  # before its grace runs out, not at the next renewal
+                    await app[WATCHER].hold_now(opened.request_id, settings.resume_grace_s)
                 answer = streaming.Answer(opened.request_id, collector, Formatter.for_stream(opened),
                                           True, after=after)
                 try:
@@ -125,11 +139,13 @@ async def resume(request: web.Request) -> web.StreamResponse:
                     if not collector.over:
                         reading.left()
                     raise
-                except SluiceError:
+                except SluiceError as exc:
                     if response is None:
                         metrics.resumes.labels("error").inc()
-                    if not collector.over:
-                        reading.left()  # e.g. Kafka away: resumable again once it is back
+                    if isinstance(exc, BusUnavailable):
+                        reading.cut()  # resumable again once Kafka is back
+                    elif not collector.finished and not isinstance(exc, RemoteError):
+                        reading.left()  # e.g. no reply for long: the client may try again
                     if response is not None:
                         return response  # the error went out in-stream
                     raise

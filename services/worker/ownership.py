@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,6 +28,9 @@ from shared.redisconn import REDIS_ERRORS, level
 from shared.watches import Watches
 
 log = logging.getLogger(__name__)
+
+EARLY_ABORT_S = 600.0  # how long an abort of a request not here yet is remembered
+EARLY_ABORTS = 100_000  # at most this many (the oldest go first)
 
 
 class Stop(Enum):
@@ -74,6 +78,9 @@ class Ownership:
         self._engine_abort = engine_abort
         self._owned: dict[str, Owned] = {}
         self._renewal: asyncio.Future[None] | None = None
+        # Aborts of requests not here (yet): still queued, or on their way through the
+        # tokenizer. The gateway also marks them in the claim; this covers Redis being away.
+        self._early_aborts: OrderedDict[str, float] = OrderedDict()  # rid → monotonic expiry
 
     def __len__(self) -> int:
         return len(self._owned)
@@ -90,6 +97,7 @@ class Ownership:
         if request_id in self._owned:
             raise RuntimeError(f"request {request_id} has a record already")
         owned = Owned(request_id, asyncio.get_running_loop().create_future())
+        owned.aborted = self._early_aborts.pop(request_id, 0.0) > time.monotonic()
         self._owned[request_id] = owned
         return owned
 
@@ -113,11 +121,20 @@ class Ownership:
         """The client gave up. The engine ends the request with finish reason `abort`."""
         owned = self._owned.get(request_id)
         if owned is None:
-            return False  # not here; the gateway's mark in the claim covers one still on its way
+            self._remember_abort(request_id)
+            return False
         owned.aborted = True
         for engine_id in list(owned.engine_ids):
             await self._engine_abort(engine_id)
         return True
+
+    def _remember_abort(self, request_id: str) -> None:
+        now = time.monotonic()
+        aborts = self._early_aborts
+        aborts[request_id] = now + EARLY_ABORT_S
+        aborts.move_to_end(request_id)
+        while aborts and (len(aborts) > EARLY_ABORTS or next(iter(aborts.values())) <= now):
+            aborts.popitem(last=False)
 
     def hand_over_all(self) -> int:
         running = [o for o in self._owned.values() if o.claimed and o.stop is None]
@@ -144,7 +161,9 @@ class Ownership:
         if not entries:
             return 0
         try:
-            expired = await asyncio.wait_for(watches.expired(entries), self._lease_s / 4)
+            # For a lease after Redis comes back, the gateways (renewing every lease/4) catch up.
+            expired = await asyncio.wait_for(watches.expired(entries, settle_s=self._lease_s),
+                                             self._lease_s / 4)
         except REDIS_ERRORS:
             return 0  # without Redis, only explicit aborts stop a generation
         stopped = 0

@@ -26,7 +26,10 @@ from tests.integration.image_server import ImageServer
 GATEWAY_ID = "itest"  # the gateways are itest-0 and itest-1: reply partitions 0 and 1
 IMAGE_LIMIT = 1 << 20  # bytes per image, so a test can exceed it cheaply
 GRACE_S = 4.0  # a short resume grace window, so that tests of its end are quick
-LEASE_S = 4.0  # SLUICE_LEASE_S's default
+# Set for the stack (the defaults), so that the tests' timing checks follow the stack's.
+LEASE_S = 4.0  # SLUICE_LEASE_S
+KAFKA_UNREACHABLE_S = 3.0  # GATEWAY_KAFKA_UNREACHABLE_S
+KAFKA_OUTAGE_S = 15.0  # GATEWAY_KAFKA_OUTAGE_S
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             **os.environ, **endpoints.env(),
             "SLUICE_MODELS": models,
             "GATEWAY_PORT": "0", "GATEWAY_ID": GATEWAY_ID, "SLUICE_GATEWAYS": "2",
-            "GATEWAY_RESUME_GRACE_S": str(GRACE_S),
+            "GATEWAY_RESUME_GRACE_S": str(GRACE_S), "SLUICE_LEASE_S": str(LEASE_S),
+            "GATEWAY_KAFKA_UNREACHABLE_S": str(KAFKA_UNREACHABLE_S),
+            "GATEWAY_KAFKA_OUTAGE_S": str(KAFKA_OUTAGE_S),
             "WORKER_METRICS_PORT": "0", "TOKENIZER_METRICS_PORT": "0", "PREPROCESS_METRICS_PORT": "0",
             "SLUICE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT),
             "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

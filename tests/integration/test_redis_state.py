@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from infra.localinfra import start_redis
 from shared.cache import WorkerRegistry
@@ -68,7 +69,7 @@ async def test_a_hung_redis_costs_one_timeout_then_fails_fast_until_it_answers(s
         unit.proc.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(Exception):
+            with pytest.raises(RedisTimeout):
                 await client.get("k")
             first = time.monotonic() - started
             started = time.monotonic()
@@ -112,3 +113,27 @@ async def test_after_a_restart_stale_connections_do_not_trip_it_again(tmp_path_f
             assert not client.breaker.down
     finally:
         unit.stop()
+
+
+async def test_right_after_a_hung_redis_answers_again_no_watch_counts_as_expired(server):
+    """The gateways' renewals were held up too: a worker that checked its watches first
+    would stop streams whose clients are still reading."""
+    url, unit = server
+    async with redis_client(url, 0.25, "test") as client:
+        w = Watches(client, "w2")
+        await w.hold([("r", 0.05)])
+        unit.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisTimeout):
+                await client.get("k")
+        finally:
+            unit.proc.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(_recovered(client), 10)
+        assert await w.expired([("r", 5.0)], settle_s=0.5) == set()  # ran out during the hang
+        await asyncio.sleep(0.5)  # the settling time itself is the condition
+        assert await w.expired([("r", 5.0)], settle_s=0.5) == {"r"}
+
+
+async def _recovered(client) -> None:
+    while client.breaker.down or client.breaker.recovered_at is None:
+        await asyncio.sleep(0.05)

@@ -3,12 +3,14 @@ gateway (GET /v1/streams/{id}), a finished stream can be read again within the r
 window, ids and keys are checked, and POST /v1/streams/{id}/cancel stops a generation."""
 
 import asyncio
+import time
 
 import orjson
 import pytest
 
 from infra.bench.streams import Progress, Stream, complete, resume
 from infra.procs import detail
+from shared.streamid import new_request_id
 from tests.integration.conftest import GRACE_S
 
 pytestmark = pytest.mark.stack
@@ -57,7 +59,11 @@ async def test_a_finished_chat_stream_can_be_read_again_event_for_event(http, st
 async def test_unknown_ids_and_malformed_event_ids_are_refused(http, stack):
     s = Stream(4)
     await complete(http, stack.model, "short", s)
-    for bad_id in ("cmpl-" + "0" * 32, "nonsense", f"chatcmpl-{s.request_id}", "cmpl-abc"):
+    # Well-formed ids of streams that cannot exist: made before the oldest one that can still
+    # be resumed (request timeout + retention ago), or in the future.
+    old = "cmpl-" + new_request_id(0, time.time() - 1800 - 600 - 3600)
+    future = "cmpl-" + new_request_id(0, time.time() + 3600)
+    for bad_id in ("cmpl-" + "0" * 32, "nonsense", f"chatcmpl-{s.request_id}", "cmpl-abc", old, future):
         async with http.get(f"/v1/streams/{bad_id}") as resp:
             assert resp.status == 404, bad_id
             error = (await resp.json())["error"]
@@ -75,7 +81,9 @@ async def test_unknown_ids_and_malformed_event_ids_are_refused(http, stack):
 async def test_a_client_that_resumes_within_the_grace_window_keeps_its_generation(http, stack):
     s = Stream(1500)
     await complete(http, stack.model, "keep me going", s, stop_at=30)
-    await asyncio.sleep(GRACE_S / 2)  # disconnected for a while, within the window
+    # Disconnected for most of the window: the resume renews the stream's watch at once,
+    # before the worker's next check (every lease/4) finds its grace run out.
+    await asyncio.sleep(GRACE_S - 0.8)
     assert await resume(http, s, stack.urls[1]) == 200
     assert s.complete(), (s.finish, len(s.tokens), s.errors)  # not abandoned meanwhile
 

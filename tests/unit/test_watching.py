@@ -93,3 +93,47 @@ async def test_without_redis_the_grace_is_timed_here():
     with watcher.reading("back", 0.05):  # the client came back to this gateway in time
         await asyncio.sleep(0.15)
     assert aborter.aborted == [("gone", "client_disconnected")]
+
+
+async def test_without_redis_a_client_that_comes_back_and_leaves_again_gets_a_new_window():
+    watches, aborter = FakeWatches(fail=True), FakeAborter()
+    watcher = Watcher(watches, aborter, lease_s=4.0)
+    with watcher.reading("r", 0.2) as reading:
+        reading.left()
+    await asyncio.sleep(0.1)
+    with watcher.reading("r", 0.2) as reading:  # back here, then gone again
+        reading.left()
+    await asyncio.sleep(0.15)  # the first window has run out; the second has not
+    assert aborter.aborted == []
+    await asyncio.sleep(0.1)
+    assert aborter.aborted == [("r", "client_disconnected")]
+
+
+async def test_a_stream_an_outage_cut_is_held_until_kafka_answers_then_gets_its_grace():
+    watches, aborter = FakeWatches(), FakeAborter()
+    reachable = False
+    watcher = Watcher(watches, aborter, lease_s=0.2, bus_reachable=lambda: reachable)
+    with watcher.reading("r", 15.0) as reading:
+        reading.cut()
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.sleep(0.12)  # renewals at lease/4 while Kafka is away
+        assert [("r", pytest.approx(15.2))] in watches.holds and aborter.aborted == []
+        held = len(watches.holds)
+        reachable = True
+        await asyncio.sleep(0.12)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    later = watches.holds[held:]
+    assert [("r", 15.0)] in later  # its grace window, from Kafka's return
+    assert all(("r", pytest.approx(15.2)) not in h for h in later[later.index([("r", 15.0)]):])
+    assert aborter.aborted == []
+
+
+async def test_a_resume_renews_the_watch_at_once():
+    watches, aborter = FakeWatches(), FakeAborter()
+    watcher = Watcher(watches, aborter, lease_s=4.0)
+    with watcher.reading("r", 15.0):
+        await watcher.hold_now("r", 15.0)
+    assert watches.holds == [[("r", 19.0)]]
