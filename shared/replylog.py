@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ class StreamProgress:
     choices: dict[int, ChoiceProgress] = field(default_factory=dict)
     finished: bool = False  # a final delta or an error reply is stored
     diverged: bool = False  # the log holds a takeover that did not fit (should not happen)
+    last_ms: int = 0  # when its last reply was stored (the broker's clock)
 
     @property
     def next_seq(self) -> int:
@@ -54,12 +56,18 @@ class StreamProgress:
     def started(self) -> bool:
         return self.sequencer.started
 
+    def moved_within(self, seconds: float) -> bool:
+        """Whether a reply of it was stored less than `seconds` ago (hosts' clocks agreeing
+        with the broker's to well within that)."""
+        return self.last_ms > 0 and time.time() * 1000 - self.last_ms < seconds * 1000
+
     def choice(self, index: int) -> ChoiceProgress:
         return self.choices.setdefault(index, ChoiceProgress())
 
-    def add(self, msg: LogRecord) -> None:
+    def add(self, msg: LogRecord, timestamp_ms: int = 0) -> None:
         if self.finished or isinstance(msg, StreamOpened):  # a stream's header: for gateways
             return
+        self.last_ms = max(self.last_ms, timestamp_ms)
         verdict = self.sequencer.offer(msg)
         if verdict in (Verdict.GAP, Verdict.DIVERGED):
             self.diverged = True
@@ -135,7 +143,7 @@ class LogReader:
                 if progress is None:
                     continue
                 try:
-                    progress.add(self._codec.decode(record.value))
+                    progress.add(self._codec.decode(record.value), record.timestamp)
                 except DecodeErrors:
                     continue  # set aside by the gateway's reply consumer already
 

@@ -27,6 +27,9 @@ class WorkerMetrics:
                                   ["kind"], registry=r)
         self.takeovers = Counter("sluice_worker_takeovers",
                                  "Requests continued from another worker's stream", registry=r)
+        self.waited = Counter("sluice_worker_waited",
+                              "Redelivered requests found running (here or on another worker): "
+                              "waited for, not run again", registry=r)
         self.fenced = Counter("sluice_worker_fenced",
                               "Requests stopped here: another worker took them over", registry=r)
         self.handoffs = Counter("sluice_worker_handoffs",

@@ -157,6 +157,11 @@ class Runner:
             if progress.finished or progress.diverged:
                 # Its end is stored (or the client was already told its stream failed).
                 return await self._done(owned)
+            if mode is Mode.UNKNOWN and progress.moved_within(d.settings.lease_s):
+                # No claims to ask (Redis away): a stream that moved within the last lease
+                # presumably runs elsewhere still (this is a copy redelivered by a rebalance).
+                # Look again later; once it stops moving, its worker is gone: continue it.
+                return Outcome.HANDED_OVER
             if mode in (Mode.CHECK, Mode.UNKNOWN) and progress.started:
                 epoch = progress.epoch + 1  # after the run the log remembers
                 if mode is Mode.CHECK and not await self._move_epoch(owned, epoch):
@@ -177,6 +182,8 @@ class Runner:
                 loop = asyncio.get_running_loop()
                 deadline = loop.call_at(loop.time() + req.deadline - time.time(), owned.halt,
                                         Stop.DEADLINE)
+            if owned.stop is not None:  # stopped while its stream was read back
+                raise Interrupted()
             d.metrics.in_flight.inc()
             try:
                 await pump(self._outputs(owned, req, plan), stream, sender.send,

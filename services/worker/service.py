@@ -40,7 +40,7 @@ from services.worker.aborts import listen_for_aborts
 from services.worker.engine import client_error_types, engine_dead_error, open_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.ownership import Outcome, Owned, Ownership
-from services.worker.run import REDIS_WAIT_S, Mode, Runner, RunnerDeps, expired, keep_ms
+from services.worker.run import LOG_ERRORS, REDIS_WAIT_S, Mode, Runner, RunnerDeps, expired, keep_ms
 from services.worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -175,6 +175,7 @@ class WorkerService:
         while True:
             owned = self._ownership.get(rid)
             if owned is not None:  # it runs here already (a redelivered copy): wait for it
+                self.metrics.waited.inc()
                 outcome = await asyncio.shield(owned.done)
             else:
                 outcome = await self._handle(req, meta)
@@ -204,6 +205,7 @@ class WorkerService:
             return await self._runner.expired(owned, req, meta)
         loc = meta.origin
         keep = keep_ms(req)
+        waiting = False
         while True:
             if self._stopping:  # a record polled just before the stop: leave it for the others
                 return Outcome.HANDED_OVER
@@ -216,6 +218,9 @@ class WorkerService:
                 return Outcome.SETTLED
             if claim.standing is not Standing.ACQUIRED:
                 # Another worker's live lease: wait until it is done, or lapses (then take over).
+                if not waiting:
+                    waiting = True
+                    self.metrics.waited.inc()
                 await asyncio.sleep(self._poll_s)
                 continue
             self._ownership.claimed(owned, claim.epoch, loc, keep, asked_at)
@@ -257,31 +262,41 @@ class WorkerService:
 
     async def _take_over(self, batch: list[Owned]) -> None:
         """Claim what lapsed, read the requests back, read their streams in one pass over
-        the reply log, and continue each."""
-        ready: list[tuple[Owned, TokenizedRequest, Meta]] = []
-        for owned in batch:
-            outcome = Outcome.LOST
-            try:
-                found = await self._claim_lapsed(owned)
-                if isinstance(found, Outcome):
-                    outcome = found
-                else:
-                    ready.append((owned, *found))
-                    continue
-            except Exception:
-                log.exception("takeover of %s failed", owned.request_id)
-                outcome = await self._runner.release(owned)
-            self._ownership.close(owned, outcome)
-        if not ready:
-            return
+        the reply log, and continue each. A record this task does not get as far as
+        continuing (a bug, or shutdown cancelling it) is released and closed, never left
+        held here with nothing running it."""
+        left = {owned.request_id: owned for owned in batch}
         try:
-            stored = await self._replies.replies(
-                [LogQuery(r.request_id, m.reply_to, r.created) for _, r, m in ready
-                 if m.reply_to is not None])
-        except (KafkaError, TimeoutError, OSError) as exc:
-            log.warning("the reply log could not be read (%s); the takeovers wait", exc)
-            stored = {}
-        await asyncio.gather(*(self._continue(o, r, m, stored.get(r.request_id)) for o, r, m in ready))
+            found = await asyncio.gather(*(self._claim_lapsed(o) for o in batch),
+                                         return_exceptions=True)
+            ready: list[tuple[Owned, TokenizedRequest, Meta]] = []
+            for owned, result in zip(batch, found):
+                if isinstance(result, tuple):
+                    ready.append((owned, *result))
+                    continue
+                if isinstance(result, BaseException):
+                    log.error("takeover of %s failed", owned.request_id, exc_info=result)
+                    result = await self._runner.release(owned)
+                del left[owned.request_id]
+                self._ownership.close(owned, result)
+            if not ready:
+                return
+            try:
+                stored = await self._replies.replies(
+                    [LogQuery(r.request_id, m.reply_to, r.created) for _, r, m in ready
+                     if m.reply_to is not None])
+            except LOG_ERRORS as exc:
+                log.warning("the reply log could not be read (%s); the takeovers wait", exc)
+                stored = {}
+            for owned, _, _ in ready:
+                del left[owned.request_id]
+            await asyncio.gather(*(self._continue(o, r, m, stored.get(r.request_id))
+                                   for o, r, m in ready))
+        finally:
+            for owned in left.values():
+                self._ownership.close(owned, Outcome.HANDED_OVER)
+            await asyncio.gather(*(self._runner.release(o) for o in left.values()),
+                                 return_exceptions=True)
 
     async def _claim_lapsed(self, owned: Owned) -> Outcome | tuple[TokenizedRequest, Meta]:
         rid = owned.request_id
@@ -301,7 +316,7 @@ class WorkerService:
             await _quietly(asyncio.wait_for(
                 self._claims.finish(rid, claim.epoch, _REAP_KEEP_MS), REDIS_WAIT_S))
             return Outcome.SETTLED
-        except (KafkaError, TimeoutError, OSError) as exc:
+        except LOG_ERRORS as exc:
             log.warning("request %s: its record could not be read now (%s)", rid, exc)
             return await self._runner.release(owned)
         owned.keep_ms = keep_ms(found[0])

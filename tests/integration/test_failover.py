@@ -29,15 +29,15 @@ from shared.bus import Meta, ReplyTo
 from shared.contracts import (Codec, ErrorReply, GenerateRequest, LogRecord, Reply, Sampling,
                               StreamOpened, TextPrompt,
                               TokenizedRequest)
-from tests.integration.conftest import Stack, metrics_url
+from tests.integration.conftest import LEASE_S, Stack, metrics_url
 from tests.integration.helpers import eventually, metric, producer, reader, wait_for_record
-from infra.bench.streams import Stream, complete, start_streams
+from infra.bench.streams import Progress, Stream, complete, start_streams
 
 pytestmark = pytest.mark.stack
 
 STREAMS = 16
 ADMISSIONS = "sluice_worker_engine_admissions_total"
-LEASE_S = 4.0  # SLUICE_LEASE_S's default
+WAITED = "sluice_worker_waited_total"
 
 
 def lengths(base: int) -> list[int]:
@@ -75,6 +75,12 @@ async def extra(stack: Stack) -> AsyncIterator[dict[str, ServiceProcess]]:
         await asyncio.to_thread(proc.stop)
 
 
+async def alone(extra: dict[str, ServiceProcess]) -> None:
+    """Only the stack's own workers: one left by an earlier test would share the load."""
+    for name in list(extra):
+        await asyncio.to_thread(extra.pop(name).stop)
+
+
 def start_worker(stack: Stack, name: str, model: str, **env: str) -> ServiceProcess:
     return stack.start(name, "services.worker", WORKER_MODEL=model, timeout=420, **env)
 
@@ -94,16 +100,28 @@ async def test_a_second_worker_joining_mid_load_runs_nothing_twice(http, stack, 
             results.append(await complete(http, stack.model, f"join {slot}.{n}: once", s))
             n += 1
 
+    waited = await metric(http, first, WAITED)
     loaders = [asyncio.create_task(load(i)) for i in range(6)]
-    # A vLLM worker starts slowly on two loaded cores (minutes): its imports compete with the load.
-    second = await asyncio.to_thread(start_worker, stack, "worker-2", stack.model, SLUICE_DRAIN_S="0")
-    extra["worker-2"] = second
-    await asyncio.sleep(8)  # load keeps running across the rebalance and after it
-    joined.set()
+    try:
+        # A vLLM worker starts slowly on two loaded cores (minutes): its imports compete with the load.
+        second = await asyncio.to_thread(start_worker, stack, "worker-2", stack.model, SLUICE_DRAIN_S="0")
+        extra["worker-2"] = second
+        # The load runs on across the rebalance, until the new worker has run some of it.
+        await eventually(lambda: _ran_some(http, metrics_url(second)), timeout=120)
+    finally:
+        joined.set()
     await asyncio.wait_for(asyncio.gather(*loaders), 300)
     assert all(s.complete() for s in results), [(s.status, s.errors) for s in results if not s.complete()]
     ran = (await metric(http, first, ADMISSIONS) - before) + await metric(http, metrics_url(second), ADMISSIONS)
     assert ran == len(results), f"{len(results)} requests, {ran} engine admissions"
+    # The partitions moved while requests ran: copies of running requests were delivered
+    # again, and waited for rather than run.
+    assert (await metric(http, first, WAITED) - waited
+            + await metric(http, metrics_url(second), WAITED)) > 0
+
+
+async def _ran_some(http, url: str) -> bool:
+    return await metric(http, url, ADMISSIONS) > 0
 
 
 async def test_a_paused_worker_that_lost_its_claims_sends_nothing_more(http, stack, extra):
@@ -121,22 +139,28 @@ async def test_a_paused_worker_that_lost_its_claims_sends_nothing_more(http, sta
         await progress.all_have(8)
         victim = [p for p in urls if await _busy(http, urls[p])][0]
         fenced = await metric(http, urls[victim], "sluice_worker_fenced_total")
+        takeovers = await gateway_takeovers(http)
         before = progress.snapshot()
         victim.signal(signal.SIGSTOP)
         try:
-            await asyncio.sleep(LEASE_S + 3)  # the pause itself: time is the fault
+            # The pause itself (time is the fault): past the lease (4 s), the other worker's
+            # sweep (1 s) and its first continued tokens.
+            await asyncio.sleep(LEASE_S + 6)
         finally:
             victim.signal(signal.SIGCONT)
         results = await finish(tasks)
         cut = assert_all_complete(results, before)
         assert cut > 0
+        assert await gateway_takeovers(http) > takeovers  # taken over while it was stopped
         await eventually(lambda: _fenced_more(http, urls[victim], fenced))
-        log = await _replies_of(replies, stack.reply_topic, {s.request_id for s in results})
-    for rid, records in log.items():
-        taken = [i for i, (epoch, _) in enumerate(records) if epoch > 0]
-        if taken:
-            late = [r for r in records[taken[0]:] if r[0] == 0]
-            assert len(late) <= 1, f"{rid}: the paused worker sent {late} after the takeover"
+        log = await asyncio.wait_for(
+            _replies_of(replies, stack.reply_topic, {s.request_id for s in results}), 60)
+    taken_over = {rid: records for rid, records in log.items() if any(e > 0 for e, _ in records)}
+    assert taken_over, "no stream in the log was continued at a newer epoch"
+    for rid, records in taken_over.items():
+        first_taken = next(i for i, (epoch, _) in enumerate(records) if epoch > 0)
+        late = [r for r in records[first_taken:] if r[0] == 0]
+        assert len(late) <= 1, f"{rid}: the paused worker sent {late} after the takeover"
 
 
 async def _replies_of(consumer, topic: str, rids: set[str]) -> dict[str, list[tuple[int, int]]]:
@@ -173,17 +197,22 @@ async def test_sigterm_with_no_drain_time_hands_requests_to_a_live_worker(http, 
     second.signal(signal.SIGTERM)
     assert await wait_exit(second) == 0
     del extra["worker-2"]
-    cut = assert_all_complete(await finish(tasks), before)
+    results = await finish(tasks)
+    cut = assert_all_complete(results, before)
     assert cut > 0
     assert await gateway_takeovers(http) - takeovers > 0  # some streams moved to the first worker
+    # Handed over, not left to lapse: the first worker's sweep (every lease/4) took them at
+    # once, where a lapsed lease would have stalled them for a whole lease first.
+    assert max(s.longest_gap() for s in results) < LEASE_S, [s.longest_gap() for s in results]
 
 
 async def _busy(http, url: str) -> bool:
     return await metric(http, url, "sluice_worker_in_flight") > 0
 
 
-async def test_sigterm_drains_the_running_streams(http, stack):
+async def test_sigterm_drains_the_running_streams(http, stack, extra):
     """SLUICE_DRAIN_S (20 s here) is enough for the streams to finish where they run."""
+    await alone(extra)
     worker = stack.procs[stack.text_worker]
     takeovers = await gateway_takeovers(http)
     tasks, progress = start_streams(http, stack.model, lengths(600), "drain")
@@ -197,9 +226,10 @@ async def test_sigterm_drains_the_running_streams(http, stack):
     await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
 
 
-async def test_sigkill_of_the_only_worker_loses_no_stream(http, stack):
+async def test_sigkill_of_the_only_worker_loses_no_stream(http, stack, extra):
     """Its leases lapse; the supervisor restarts it; the new process takes every stream
     over from the reply log and continues it."""
+    await alone(extra)
     worker = stack.procs[stack.text_worker]
     takeovers = await gateway_takeovers(http)
     tasks, progress = start_streams(http, stack.model, lengths(1000), "sigkill")
@@ -212,10 +242,11 @@ async def test_sigkill_of_the_only_worker_loses_no_stream(http, stack):
     await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
 
 
-async def test_redis_restarted_empty_and_the_worker_killed_loses_no_stream(http, stack):
+async def test_redis_restarted_empty_and_the_worker_killed_loses_no_stream(http, stack, extra):
     """Redis (without persistence) is killed with the worker: the claims are gone when the
     restarted worker gets the requests again. It sees they were made before the store
     restarted, reads their streams from the reply log, and continues them."""
+    await alone(extra)
     worker, redis = stack.procs[stack.text_worker], stack.infra["redis"]
     takeovers = await gateway_takeovers(http)
     tasks, progress = start_streams(http, stack.model, lengths(1000), "redis-lost")
@@ -230,10 +261,11 @@ async def test_redis_restarted_empty_and_the_worker_killed_loses_no_stream(http,
     await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
 
 
-async def test_engine_death_hands_over_and_the_worker_exits_non_zero(http, stack):
+async def test_engine_death_hands_over_and_the_worker_exits_non_zero(http, stack, extra):
     """Only vLLM's EngineCore dies. The worker sends what it has, releases its claims,
     stops advertising itself and exits non-zero; its model gets fast 503s (and only it)
     until the restarted worker takes the streams over."""
+    await alone(extra)
     worker = stack.procs[stack.text_worker]
     (core,) = [p for p in psutil.Process(worker.proc.pid).children(recursive=True)
                if p.name() == "VLLM::EngineCore"]
@@ -242,7 +274,13 @@ async def test_engine_death_hands_over_and_the_worker_exits_non_zero(http, stack
     before = progress.snapshot()
     core.kill()
     assert await wait_exit(worker) == EXIT_ENGINE_DIED
-    await eventually(lambda: _model_state(http, stack.model, "unavailable"), timeout=10)
+    # Handed over: every unfinished stream's claim was released before the worker exited
+    # (not left for its lease to lapse), and the worker left the registry (sooner than the
+    # lease after which it would have dropped out by itself).
+    claims = await _claim_states(stack, [s.request_id for s, had in zip(progress.streams, before)
+                                         if not s.done])
+    assert claims and set(claims.values()) <= {"released", "done"}, claims
+    await eventually(lambda: _model_state(http, stack.model, "unavailable"), timeout=LEASE_S / 2)
     refused = Stream(4)
     await complete(http, stack.model, "while nobody serves it", refused)
     assert refused.status == 503 and refused.errors[0]["error"]["code"] == "unavailable"
@@ -252,6 +290,15 @@ async def test_engine_death_hands_over_and_the_worker_exits_non_zero(http, stack
     assert assert_all_complete(await finish(tasks), before) == STREAMS
     await asyncio.to_thread(stack.restarted, stack.text_worker, worker)
     await eventually(lambda: _model_state(http, stack.model, "ready"), timeout=10)
+
+
+async def _claim_states(stack: Stack, request_ids: list[str]) -> dict[str, str]:
+    redis = Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        return {rid: (await redis.hget(f"sluice:claim:{rid}", "state") or b"").decode()
+                for rid in request_ids}
+    finally:
+        await redis.aclose()
 
 
 async def _model_state(http, model: str, state: str) -> bool:
@@ -274,17 +321,16 @@ async def test_a_takeover_by_a_standby_worker_is_token_exact(http, stack, extra)
         undisturbed = await complete(http, stack.vl_model, prompt, Stream(1200))
         assert undisturbed.complete()
         disturbed = Stream(1200)
-        task = asyncio.create_task(complete(http, stack.vl_model, prompt, disturbed))
-        while len(disturbed.tokens) < 200:
-            assert not task.done(), (disturbed.status, disturbed.errors)
-            await asyncio.sleep(0.01)  # a client's view of the stream; nothing to await on
+        progress = Progress([disturbed])
+        task = asyncio.create_task(complete(http, stack.vl_model, prompt, disturbed, progress))
+        await progress.all_have(200)
         owner = await _owner(stack, disturbed.request_id)
         victim = next(p for p in (stack.procs[name], standby) if detail(p.ready_detail, "owner") == owner)
-        killed_at = len(disturbed.tokens)
+        takeovers = await gateway_takeovers(http)
         os.kill(victim.proc.pid, signal.SIGKILL)
         await asyncio.wait_for(task, 300)
         assert disturbed.complete(), (disturbed.errors, len(disturbed.tokens))
-        assert killed_at < 1200
+        assert await gateway_takeovers(http) == takeovers + 1  # it was cut, and continued
         assert disturbed.tokens == undisturbed.tokens
         if victim is standby:
             del extra["worker-vl-standby"]
