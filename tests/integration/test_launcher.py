@@ -6,6 +6,7 @@ is killed with SIGKILL (its children lead their own process groups; the watchdog
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def test_nothing_outlives_a_launcher_killed_with_sigkill(tmp_path):
                             start_new_session=True)
     groups: list[int] = []
     try:
+        assert select.select([proc.stdout], [], [], 60)[0], "the launcher printed nothing"
         groups = [int(pid) for pid in proc.stdout.readline().split()]
         assert len(groups) == 3
         deadline = time.monotonic() + 10
@@ -86,8 +88,9 @@ def test_nothing_outlives_a_launcher_killed_with_sigkill(tmp_path):
             assert time.monotonic() < deadline, "processes outlived their launcher"
             time.sleep(0.1)  # the watchdog's work in another process: nothing to await on
     finally:
-        for g in groups:
+        for g in [*groups, proc.pid]:  # the launcher too, should the test fail before its kill
             try:
                 os.killpg(g, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        proc.wait(5)
