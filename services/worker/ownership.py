@@ -23,12 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shared.claims import Claims, Held, RecordLoc
+from shared.claims import Claim, Claims, Held, RecordLoc
 from shared.redisconn import REDIS_ERRORS, level
 from shared.watches import Watches
 
 log = logging.getLogger(__name__)
 
+REDIS_WAIT_S = 1.0  # longest wait for a claim update (Redis's own timeout is usually shorter)
 EARLY_ABORT_S = 600.0  # how long an abort of a request not here yet is remembered
 EARLY_ABORTS = 100_000  # at most this many (the oldest go first)
 
@@ -100,6 +101,17 @@ class Ownership:
         owned.aborted = self._early_aborts.pop(request_id, 0.0) > time.monotonic()
         self._owned[request_id] = owned
         return owned
+
+    async def acquire(self, request_id: str, loc: RecordLoc | None, keep_ms: int) -> Claim | None:
+        """Ask Redis for the request's claim (shared.claims); None when Redis cannot answer
+        (the reply log then decides)."""
+        try:
+            return await asyncio.wait_for(self._claims.acquire(request_id, loc, keep_ms),
+                                          REDIS_WAIT_S)
+        except REDIS_ERRORS as exc:
+            log.log(level(exc), "request %s: claims unavailable (%s); the reply log decides",
+                    request_id, exc)
+            return None
 
     def claimed(self, owned: Owned, epoch: int, loc: RecordLoc | None, keep_ms: int,
                 asked_at: float) -> None:

@@ -42,9 +42,10 @@ from shared.watches import Watches
 from services.worker.continuation import EngineRequest, Plan, continued, fresh
 from services.worker.images import engine_prompt
 from services.worker.metrics import WorkerMetrics
-from services.worker.ownership import Fenced, Outcome, Owned, Ownership, Stop
+from services.worker.ownership import REDIS_WAIT_S, Fenced, Outcome, Owned, Ownership, Stop
 from services.worker.sampling import to_sampling_params
 from services.worker.settings import WorkerSettings
+from services.worker.sender import Sender
 from services.worker.stream import Interrupted, ReplyStream, pump
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DELIVERY_WAIT_S = 30.0  # how long a handoff waits for its last replies to be stored
-REDIS_WAIT_S = 1.0  # longest wait for a claim update at the end of a request
 DEFAULT_KEEP_MS = 3_600_000  # how long a done mark lasts for a request without a deadline
 LOG_ERRORS = (KafkaError, TimeoutError, OSError)
 
@@ -81,59 +80,6 @@ class RunnerDeps:
     on_engine_dead: Callable[[], None]
 
 
-class _Sender:
-    """Sends a request's replies while its claim is ours; knows whether all were stored."""
-
-    def __init__(self, deps: RunnerDeps, owned: Owned, meta: Meta) -> None:
-        self._deps = deps
-        self._owned = owned
-        self._meta = meta
-        self._last: asyncio.Future | None = None
-        self.failed = False  # a reply was not queued or not stored: the stream may have a hole
-
-    async def send(self, msg: Any) -> asyncio.Future | None:
-        await self._deps.ownership.confirm(self._owned)
-        m = self._deps.metrics
-        queued = time.perf_counter()
-        try:
-            fut = await self._deps.publisher.reply(self._meta, msg)
-        except KafkaError:
-            self.failed = True
-            raise
-        m.messages.inc()
-        if fut is not None:
-            fut.add_done_callback(lambda f: self._delivered(f, queued))
-            self._last = fut
-        return fut
-
-    def _delivered(self, fut: asyncio.Future, queued: float) -> None:
-        """A reply Kafka did not store leaves a hole after it: stop here and release the
-        claim, so that whoever continues starts from what is stored."""
-        if not fut.cancelled() and fut.exception() is None:
-            self._deps.metrics.reply_ack.observe(time.perf_counter() - queued)
-            return
-        if not self.failed:
-            log.warning("request %s: a reply was not stored (%r); handing it over",
-                        self._owned.request_id, None if fut.cancelled() else fut.exception())
-        self.failed = True
-        self._owned.halt(Stop.HANDOFF)
-
-    async def stored(self) -> bool:
-        """True once everything sent is acknowledged (replies of a request share a partition
-        and are acknowledged in order, so the last acknowledgement covers them all)."""
-        if self.failed:
-            return False
-        if self._last is None:
-            return True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._last), DELIVERY_WAIT_S)
-            return True
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("request %s: a reply was not stored (%s)", self._owned.request_id, exc)
-            self.failed = True
-            return False
-
-
 class Runner:
     def __init__(self, deps: RunnerDeps) -> None:
         self._d = deps
@@ -146,7 +92,7 @@ class Runner:
         owned.grace_s = req.grace_s
         stream = ReplyStream(rid, d.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0, epoch=owned.epoch)
-        sender = _Sender(d, owned, meta)
+        sender = self._sender(owned, meta)
         plan = fresh(req)
         if mode is not Mode.FRESH:
             try:
@@ -220,8 +166,11 @@ class Runner:
         """Answer a request whose deadline passed before it got here, without running it."""
         self._d.metrics.expired.inc()
         stream = ReplyStream(req.request_id, self._d.settings.worker_id, 0, req.sampling.n)
-        return await self._fail(owned, _Sender(self._d, owned, meta), stream, DeadlineExceeded(
+        return await self._fail(owned, self._sender(owned, meta), stream, DeadlineExceeded(
             "the request's deadline passed before a worker took it"))
+
+    def _sender(self, owned: Owned, meta: Meta) -> Sender:
+        return Sender(self._d.publisher, self._d.ownership, self._d.metrics, owned, meta)
 
     # -- takeover ----------------------------------------------------------------------
     async def _stored(self, req: TokenizedRequest, meta: Meta) -> StreamProgress:
@@ -284,7 +233,7 @@ class Runner:
                 await engine.abort(er.engine_id)
 
     # -- endings -------------------------------------------------------------------------
-    async def _end(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
+    async def _end(self, owned: Owned, sender: Sender, stream: ReplyStream) -> Outcome:
         """Send what the stream holds (its final message, if it is finished), then settle:
         done when everything is stored and the stream finished, else released."""
         try:
@@ -298,7 +247,7 @@ class Runner:
             return await self._done(owned)
         return await self.release(owned)
 
-    async def _hand_over(self, owned: Owned, sender: _Sender, stream: ReplyStream) -> Outcome:
+    async def _hand_over(self, owned: Owned, sender: Sender, stream: ReplyStream) -> Outcome:
         """Send the tokens the engine produced (whoever continues does not generate them
         again), wait until they are stored, and release the claim."""
         outcome = await self._end(owned, sender, stream)
@@ -307,7 +256,7 @@ class Runner:
             log.info("request %s handed over at message %d", owned.request_id, stream.seq)
         return outcome
 
-    async def _fail(self, owned: Owned, sender: _Sender, stream: ReplyStream,
+    async def _fail(self, owned: Owned, sender: Sender, stream: ReplyStream,
                     exc: SluiceError) -> Outcome:
         self._d.metrics.requests.labels("error").inc()
         if stream.pending and not sender.failed:

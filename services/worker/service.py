@@ -7,9 +7,9 @@ taken over and continued from the reply log (services.worker.run). The consumer-
 handler returns only when its request is settled, so an offset is committed only past
 requests whose outcome is stored, by this worker or by the one that ran them.
 
-Besides the group's partitions, each worker sweeps its model's lapsed leases, so a dead
-worker's running requests are taken over within about SLUICE_LEASE_S, before Kafka moves
-its partitions.
+Besides the group's partitions, each worker sweeps its model's lapsed leases
+(services.worker.takeover), so a dead worker's running requests are taken over within
+about SLUICE_LEASE_S, before Kafka moves its partitions.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
-from shared.bus import (Meta, Publisher, RecordLoc, assign_from_end, ensure_topics, kafka_consumer,
+from shared.bus import (Meta, Publisher, assign_from_end, ensure_topics, kafka_consumer,
                         kafka_producer)
 from shared.cache import WorkerRegistry
-from shared.claims import Claim, Claims, Standing
+from shared.claims import Claims, Standing
 from shared.consumer import GroupRunner, NotSettled
-from shared.contracts import Codec, DecodeErrors, TokenizedRequest
+from shared.contracts import Codec, TokenizedRequest
 from shared.images import ImageStore
 from shared.lifecycle import freeze_heap, ready_line
 from shared.redisconn import REDIS_ERRORS, level, redis_pair
-from shared.replylog import LogQuery, LogReader, StreamProgress
+from shared.replylog import LogReader
 from shared.telemetry import child_traceparent, metrics_server
 from shared.watches import Watches
 
@@ -40,14 +40,14 @@ from services.worker.aborts import listen_for_aborts
 from services.worker.engine import client_error_types, engine_dead_error, open_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.ownership import Outcome, Owned, Ownership
-from services.worker.run import LOG_ERRORS, REDIS_WAIT_S, Mode, Runner, RunnerDeps, expired, keep_ms
+from services.worker.run import REDIS_WAIT_S, Mode, Runner, RunnerDeps, expired, keep_ms
 from services.worker.settings import WorkerSettings
+from services.worker.takeover import Sweeper
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
-
 
 
 class EngineDied(RuntimeError):
@@ -64,12 +64,11 @@ class WorkerService:
         self._stopping = False
         self._engine_dead = asyncio.Event()
         self._codec = Codec(TokenizedRequest)
-        self._takeovers: set[asyncio.Task] = set()
         self._claims: Claims
         self._watches: Watches
         self._ownership: Ownership
         self._runner: Runner
-        self._replies: LogReader
+        self._sweeper: Sweeper
         self._engine: AsyncLLM
         self._publisher: Publisher
 
@@ -93,7 +92,7 @@ class WorkerService:
                 metrics_server(self.metrics.registry, "127.0.0.1", s.metrics_port))
             log_consumer = await stack.enter_async_context(
                 kafka_consumer(s.kafka, client_id=f"{s.worker_id}-log", group_id=None))
-            self._replies = LogReader(log_consumer)
+            replies = LogReader(log_consumer)
             abort_consumer = await stack.enter_async_context(
                 kafka_consumer(s.kafka, client_id=f"{s.worker_id}-aborts", group_id=None))
             await assign_from_end(abort_consumer, s.topics.aborts_spec)
@@ -104,7 +103,7 @@ class WorkerService:
             self._ownership = Ownership(self._claims, s.lease_s, self._abort_in_engine)
             self._runner = Runner(RunnerDeps(
                 settings=s, engine=self._engine, publisher=self._publisher, claims=self._claims,
-                ownership=self._ownership, replies=self._replies, watches=self._watches,
+                ownership=self._ownership, replies=replies, watches=self._watches,
                 images=ImageStore(cache, s.topics.prefix),  # reads pixels only
                 metrics=self.metrics, client_errors=client_error_types(),
                 engine_dead=engine_dead_error(), on_engine_dead=self._engine_dead.set))
@@ -115,7 +114,9 @@ class WorkerService:
             runner.subscribe()
             await _quietly(registry.heartbeat(s.model.route, s.worker_id))  # seen before "ready"
             beat = asyncio.create_task(self._beat(registry), name="worker-beat")
-            reaper = asyncio.create_task(self._reap(), name="worker-reaper")
+            self._sweeper = Sweeper(self._claims, self._ownership, self._runner, replies, s.lease_s,
+                                    s.max_in_flight, stopping=lambda: self._stopping)
+            reaper = asyncio.create_task(self._sweeper.run(), name="worker-reaper")
             consume = asyncio.create_task(runner.run(), name="worker-consume")
             aborts = asyncio.create_task(
                 listen_for_aborts(abort_consumer, self._abort, self._set_aside), name="worker-aborts")
@@ -156,9 +157,7 @@ class WorkerService:
                 if count := self._ownership.hand_over_all():
                     log.warning("handing %d running requests over to other workers", count)
                 await self._ownership.settled_within(1.0)
-        for task in list(self._takeovers):
-            task.cancel()
-        await asyncio.gather(*self._takeovers, return_exceptions=True)
+        await self._sweeper.cancel()
         await runner.drain(5)  # handlers of handed-over requests leave their offsets uncommitted
         await self._unregister(registry)  # again: a heartbeat in flight may have re-added us
 
@@ -210,7 +209,7 @@ class WorkerService:
             if self._stopping:  # a record polled just before the stop: leave it for the others
                 return Outcome.HANDED_OVER
             asked_at = time.monotonic()
-            claim = await self._acquire(req.request_id, loc, keep)
+            claim = await self._ownership.acquire(req.request_id, loc, keep)
             if claim is None:  # without Redis, the reply log decides
                 self._ownership.claimed(owned, 0, loc, keep, asked_at)
                 return await self._runner.run(owned, req, meta, Mode.UNKNOWN)
@@ -232,120 +231,6 @@ class WorkerService:
             else:
                 mode = Mode.FRESH
             return await self._runner.run(owned, req, meta, mode)
-
-    async def _acquire(self, rid: str, loc: RecordLoc | None, keep: int) -> Claim | None:
-        try:
-            return await asyncio.wait_for(self._claims.acquire(rid, loc, keep), REDIS_WAIT_S)
-        except REDIS_ERRORS as exc:
-            log.log(level(exc), "request %s: claims unavailable (%s); the reply log decides", rid, exc)
-            return None
-
-    # -- takeover of lapsed leases -------------------------------------------------------
-    async def _reap(self) -> None:
-        """Take over this model's requests whose owner stopped renewing its lease."""
-        while True:
-            await asyncio.sleep(self._poll_s)
-            room = self.settings.max_in_flight - len(self._ownership)
-            if room <= 0:
-                continue
-            try:
-                lapsed = await asyncio.wait_for(self._claims.lapsed(room), REDIS_WAIT_S)
-            except REDIS_ERRORS:
-                continue
-            # Records first, with no await in between: a copy of one of these requests that
-            # the group delivers meanwhile waits for this takeover instead of racing it.
-            batch = [self._ownership.open(rid) for rid in lapsed if rid not in self._ownership]
-            if batch:
-                task = asyncio.create_task(self._take_over(batch), name="takeover")
-                self._takeovers.add(task)
-                task.add_done_callback(self._takeovers.discard)
-
-    async def _take_over(self, batch: list[Owned]) -> None:
-        """Claim what lapsed, read the requests back, read their streams in one pass over
-        the reply log, and continue each. A record this task does not get as far as
-        continuing (a bug, or shutdown cancelling it) is released and closed, never left
-        held here with nothing running it."""
-        left = {owned.request_id: owned for owned in batch}
-        try:
-            found = await asyncio.gather(*(self._claim_lapsed(o) for o in batch),
-                                         return_exceptions=True)
-            ready: list[tuple[Owned, TokenizedRequest, Meta]] = []
-            for owned, result in zip(batch, found):
-                if isinstance(result, tuple):
-                    ready.append((owned, *result))
-                    continue
-                if isinstance(result, BaseException):
-                    log.error("takeover of %s failed", owned.request_id, exc_info=result)
-                    result = await self._runner.release(owned)
-                del left[owned.request_id]
-                self._ownership.close(owned, result)
-            if not ready:
-                return
-            try:
-                stored = await self._replies.replies(
-                    [LogQuery(r.request_id, m.reply_to, r.created) for _, r, m in ready
-                     if m.reply_to is not None])
-            except LOG_ERRORS as exc:
-                log.warning("the reply log could not be read (%s); the takeovers wait", exc)
-                stored = {}
-            for owned, _, _ in ready:
-                del left[owned.request_id]
-            await asyncio.gather(*(self._continue(o, r, m, stored.get(r.request_id))
-                                   for o, r, m in ready))
-        finally:
-            for owned in left.values():
-                self._ownership.close(owned, Outcome.HANDED_OVER)
-            await asyncio.gather(*(self._runner.release(o) for o in left.values()),
-                                 return_exceptions=True)
-
-    async def _claim_lapsed(self, owned: Owned) -> Outcome | tuple[TokenizedRequest, Meta]:
-        rid = owned.request_id
-        if self._stopping:
-            return Outcome.LOST
-        asked_at = time.monotonic()
-        claim = await self._acquire(rid, None, _REAP_KEEP_MS)
-        if claim is None or claim.standing is not Standing.ACQUIRED:
-            return Outcome.SETTLED if claim and claim.standing is Standing.DONE else Outcome.LOST
-        self._ownership.claimed(owned, claim.epoch, claim.loc, _REAP_KEEP_MS, asked_at)
-        owned.aborted = owned.aborted or claim.aborted
-        try:
-            found = await self._request_at(claim.loc)
-        except _Gone as gone:
-            # Past retention (or never readable): nothing can answer it any more.
-            log.warning("request %s: its lease lapsed but its record is gone (%s); dropped", rid, gone)
-            await _quietly(asyncio.wait_for(
-                self._claims.finish(rid, claim.epoch, _REAP_KEEP_MS), REDIS_WAIT_S))
-            return Outcome.SETTLED
-        except LOG_ERRORS as exc:
-            log.warning("request %s: its record could not be read now (%s)", rid, exc)
-            return await self._runner.release(owned)
-        owned.keep_ms = keep_ms(found[0])
-        return found
-
-    async def _continue(self, owned: Owned, req: TokenizedRequest, meta: Meta,
-                        stored: StreamProgress | None) -> None:
-        outcome = Outcome.HANDED_OVER
-        try:
-            meta = Meta(req.request_id, meta.reply_to, child_traceparent(meta.traceparent),
-                        meta.origin)
-            outcome = await self._runner.run(owned, req, meta, Mode.TAKEOVER, stored)
-        except Exception:
-            log.exception("takeover of %s failed", req.request_id)
-            outcome = await self._runner.release(owned)
-        finally:
-            self._ownership.close(owned, outcome)
-
-    async def _request_at(self, loc: RecordLoc | None) -> tuple[TokenizedRequest, Meta]:
-        """The request record at `loc`; raises _Gone when it cannot be had any more."""
-        if loc is None:
-            raise _Gone("the claim names no record")
-        record = await self._replies.record(loc.topic, loc.partition, loc.offset)
-        if record is None:
-            raise _Gone(f"nothing at {loc.encode()}")
-        try:
-            return self._codec.decode(record.value), Meta.of_record(record)
-        except (*DecodeErrors, ValueError) as exc:
-            raise _Gone(f"{loc.encode()} is not a request: {exc!r}") from None
 
     # -- liveness ------------------------------------------------------------------------
     async def _beat(self, registry: WorkerRegistry) -> None:
@@ -383,12 +268,7 @@ class WorkerService:
             log.exception("could not dead-letter an abort message; dropped it")
 
 
-_REAP_KEEP_MS = 3_600_000  # before the request (and so its deadline) is read back
 HANDOFF_S = 60.0  # longest a shutdown waits for its handoffs (their last replies stored)
-
-
-class _Gone(Exception):
-    """A lapsed request whose record cannot be read any more."""
 
 
 async def _quietly(coro) -> None:

@@ -22,6 +22,7 @@ from shared.contracts import Codec, Sampling, TokenizedRequest
 from services.worker.ownership import Outcome, Ownership
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
+from services.worker.takeover import Sweeper
 
 TP = TopicPartition("infer", 0)
 CODEC = Codec(TokenizedRequest)
@@ -351,10 +352,11 @@ async def test_a_takeover_that_fails_midway_leaves_nothing_held():
     claims = FakeClaims()
     claims.loc["a"] = RecordLoc(TP.topic, TP.partition, 0)
     svc, engine = worker("B", claims)
-    svc._replies = BrokenLog(record(0, "a"))  # type: ignore[assignment]
+    sweeper = Sweeper(svc._claims, svc._ownership, engine, BrokenLog(record(0, "a")),  # type: ignore[arg-type]
+                      lease_s=0.2, max_in_flight=16, stopping=lambda: False)
     owned = svc._ownership.open("a")
     try:
-        await svc._take_over([owned])
+        await sweeper.take_over([owned])
     except ValueError:
         pass
     else:
