@@ -1,6 +1,7 @@
 """Whether the gateway reaches Kafka, from a metadata round trip twice a second.
 
-Kafka silent for `kafka_unreachable_s` (3 s): new requests and resumes get a 503 with
+Kafka silent for `kafka_unreachable_s` (3 s, counted from the first ping it did not answer):
+new requests and resumes get a 503 with
 Retry-After at once instead of waiting on a producer that cannot deliver. Silent for
 `kafka_outage_s` (15 s): every open stream ends with an error event, rather than hang; a
 client may resume it once Kafka is back. A broker restart or a leader election stalls
@@ -26,47 +27,56 @@ PING_TIMEOUT_S = 1.0
 
 class KafkaHealth:
     def __init__(self, publisher: Publisher, unreachable_s: float, outage_s: float,
-                 on_outage: Callable[[SluiceError], None]) -> None:
+                 on_outage: Callable[[SluiceError], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._publisher = publisher
         self._unreachable_s = unreachable_s
         self._outage_s = outage_s
         self._on_outage = on_outage
-        self._last_ok = time.monotonic()
+        self._clock = clock
+        self._failing_since: float | None = None  # the first unanswered ping since an answer
         self._reported = False
 
     @property
     def silent_s(self) -> float:
-        return time.monotonic() - self._last_ok
+        """How long Kafka has not answered: from the first ping that failed since its last
+        answer, not from that answer. A gateway that was stalled itself (a long pause, a
+        frozen VM, SIGSTOP) asked nothing meanwhile, and must not take its own silence for
+        Kafka's: it would refuse every request and end every stream when it wakes."""
+        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
 
     @property
     def reachable(self) -> bool:
         return self.silent_s < self._unreachable_s
-
-    def confirmed(self) -> None:
-        """Kafka answered (a produce was acknowledged, say)."""
-        self._last_ok = time.monotonic()
 
     def check(self) -> None:
         if not self.reachable:
             raise Unavailable(f"the message bus has been unreachable for {self.silent_s:.0f} s",
                               retry_after=5)
 
+    async def probe(self) -> None:
+        """One ping; past `outage_s` of silence, open streams end (again on every failed ping
+        while it lasts: streams opened meanwhile end too)."""
+        try:
+            await asyncio.wait_for(self._publisher.ping(), PING_TIMEOUT_S)
+        except Exception as exc:  # any failure to get an answer counts as silence
+            if self._failing_since is None:
+                self._failing_since = self._clock()
+            silent = self.silent_s
+            if silent >= self._outage_s:
+                if not self._reported:
+                    log.error("Kafka unreachable for %.0f s (%r): ending open streams", silent, exc)
+                    self._reported = True
+                self._on_outage(BusUnavailable(
+                    f"the message bus has been unreachable for {silent:.0f} s; resume the "
+                    "stream once it is back", retry_after=5))
+            return
+        if self._reported:
+            log.info("Kafka answers again")
+        self._reported = False
+        self._failing_since = None
+
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._publisher.ping(), PING_TIMEOUT_S)
-                if self._reported:
-                    log.info("Kafka answers again")
-                self._reported = False
-                self.confirmed()
-            except Exception as exc:  # any failure to get an answer counts as silence
-                silent = self.silent_s
-                if silent >= self._outage_s:
-                    if not self._reported:
-                        log.error("Kafka unreachable for %.0f s (%r): ending open streams", silent, exc)
-                        self._reported = True
-                    # Again on every ping while it lasts: streams opened meanwhile end too.
-                    self._on_outage(BusUnavailable(
-                        f"the message bus has been unreachable for {silent:.0f} s; resume the "
-                        "stream once it is back", retry_after=5))
+            await self.probe()
             await asyncio.sleep(PING_S)
