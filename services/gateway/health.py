@@ -1,8 +1,8 @@
 """Whether the gateway reaches Kafka, from a metadata round trip twice a second.
 
-Kafka silent for `kafka_unreachable_s` (3 s, counted from the first ping it did not answer):
-new requests and resumes get a 503 with
-Retry-After at once instead of waiting on a producer that cannot deliver. Silent for
+Kafka silent for `kafka_unreachable_s` (3 s, counted over the pings it did not answer): new
+requests and resumes get a 503 with Retry-After at once instead of waiting on a producer
+that cannot deliver. Silent for
 `kafka_outage_s` (15 s): every open stream ends with an error event, rather than hang; a
 client may resume it once Kafka is back. A broker restart or a leader election stalls
 streams for less than that and costs nothing. Everything recovers by itself: the next
@@ -34,16 +34,18 @@ class KafkaHealth:
         self._outage_s = outage_s
         self._on_outage = on_outage
         self._clock = clock
-        self._failing_since: float | None = None  # the first unanswered ping since an answer
+        self._silent_s = 0.0  # over the unanswered pings since the last answer
+        self._last_probe: float | None = None  # when the last ping's outcome was known
         self._reported = False
 
     @property
     def silent_s(self) -> float:
-        """How long Kafka has not answered: from the first ping that failed since its last
-        answer, not from that answer. A gateway that was stalled itself (a long pause, a
-        frozen VM, SIGSTOP) asked nothing meanwhile, and must not take its own silence for
-        Kafka's: it would refuse every request and end every stream when it wakes."""
-        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
+        """How long Kafka has not answered, counted over the time this gateway was asking:
+        each ping adds the time since the previous one, at most one ping period. A gateway
+        that was stalled itself (a long pause, a frozen VM, SIGSTOP) asked nothing
+        meanwhile and must not take its own pause for Kafka's silence: it would refuse every
+        request and end every stream when it wakes."""
+        return self._silent_s
 
     @property
     def reachable(self) -> bool:
@@ -60,21 +62,24 @@ class KafkaHealth:
         try:
             await asyncio.wait_for(self._publisher.ping(), PING_TIMEOUT_S)
         except Exception as exc:  # any failure to get an answer counts as silence
-            if self._failing_since is None:
-                self._failing_since = self._clock()
-            silent = self.silent_s
-            if silent >= self._outage_s:
+            now = self._clock()
+            since = now - (self._last_probe if self._last_probe is not None else now)
+            self._silent_s += min(since, PING_S + PING_TIMEOUT_S)
+            self._last_probe = now
+            if self._silent_s >= self._outage_s:
                 if not self._reported:
-                    log.error("Kafka unreachable for %.0f s (%r): ending open streams", silent, exc)
+                    log.error("Kafka unreachable for %.0f s (%r): ending open streams",
+                              self._silent_s, exc)
                     self._reported = True
                 self._on_outage(BusUnavailable(
-                    f"the message bus has been unreachable for {silent:.0f} s; resume the "
-                    "stream once it is back", retry_after=5))
+                    f"the message bus has been unreachable for {self._silent_s:.0f} s; resume "
+                    "the stream once it is back", retry_after=5))
             return
         if self._reported:
             log.info("Kafka answers again")
         self._reported = False
-        self._failing_since = None
+        self._silent_s = 0.0
+        self._last_probe = self._clock()
 
     async def run(self) -> None:
         while True:
