@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PING_S = 0.5
 PING_TIMEOUT_S = 1.0
+STALL_S = 0.5  # a wait this much later than asked for: the gateway itself was stalled
 
 
 class KafkaHealth:
@@ -40,11 +41,11 @@ class KafkaHealth:
 
     @property
     def silent_s(self) -> float:
-        """How long Kafka has not answered, counted over the time this gateway was asking:
-        each ping adds the time since the previous one, at most one ping period. A gateway
-        that was stalled itself (a long pause, a frozen VM, SIGSTOP) asked nothing
-        meanwhile and must not take its own pause for Kafka's silence: it would refuse every
-        request and end every stream when it wakes."""
+        """How long Kafka has not answered, counted over the pings this gateway made: each
+        unanswered ping adds the time since the previous outcome, at most one ping period.
+        A ping whose wait ran late (the gateway itself was stalled: a long pause, a frozen
+        VM, SIGSTOP) adds nothing: it measured the gateway, not Kafka, and a gateway that
+        counted its own pauses would refuse every request and end every stream on waking."""
         return self._silent_s
 
     @property
@@ -59,12 +60,15 @@ class KafkaHealth:
     async def probe(self) -> None:
         """One ping; past `outage_s` of silence, open streams end (again on every failed ping
         while it lasts: streams opened meanwhile end too)."""
+        asked = self._clock()
         try:
             await asyncio.wait_for(self._publisher.ping(), PING_TIMEOUT_S)
         except Exception as exc:  # any failure to get an answer counts as silence
             now = self._clock()
-            since = now - (self._last_probe if self._last_probe is not None else now)
-            self._silent_s += min(since, PING_S + PING_TIMEOUT_S)
+            previous = self._last_probe if self._last_probe is not None else asked
+            stalled = now - asked > PING_TIMEOUT_S + STALL_S or asked - previous > PING_S + STALL_S
+            if not stalled:
+                self._silent_s += min(now - previous, PING_S + PING_TIMEOUT_S)
             self._last_probe = now
             if self._silent_s >= self._outage_s:
                 if not self._reported:

@@ -10,10 +10,15 @@ from services.gateway.health import PING_S, KafkaHealth
 
 
 class FakePublisher:
-    def __init__(self) -> None:
+    def __init__(self, clock: "Clock | None" = None) -> None:
         self.up = True
+        self.clock = clock
+        self.stall_s = 0.0  # the gateway is stopped while its ping waits
 
     async def ping(self) -> None:
+        if self.stall_s and self.clock is not None:
+            self.clock.now += self.stall_s
+            raise TimeoutError()  # its wait ran out while the gateway was stopped
         if not self.up:
             raise KafkaConnectionError()
 
@@ -69,3 +74,17 @@ async def test_silence_over_unanswered_pings_refuses_then_ends_streams_then_reco
     kafka.up = True
     await pings(health, clock, 0.5)
     assert health.reachable and health.silent_s == 0.0
+
+
+async def test_pings_cut_by_repeated_short_wakes_of_a_paused_gateway_count_for_nothing():
+    """make bench resumes an idle target for a moment between the other targets' runs: each
+    time, a ping that was waiting when the gateway stopped runs out at once."""
+    clock, outages = Clock(), []
+    kafka = FakePublisher(clock)
+    health = health_of(kafka, clock, outages)
+    await health.probe()
+    kafka.stall_s = 20.0
+    for _ in range(5):
+        clock.now += PING_S
+        await health.probe()
+    assert health.reachable and health.silent_s == 0.0 and outages == []
