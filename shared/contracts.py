@@ -207,8 +207,9 @@ Reply = TokenDelta | ErrorReply
 
 
 class StreamOpened(Wire, frozen=True, kw_only=True, tag="stream_opened"):
-    """A streamed request's first record in its reply partition, written by the gateway that
-    took it: enough for any gateway to serve the stream again from the log (a resume)."""
+    """A streamed request's header in its reply partition, stored by the gateway that took it
+    together with the request (so ahead of the stream's replies; readers take it wherever it
+    is): enough for any gateway to serve the stream again from the log (a resume)."""
 
     request_id: str
     gateway: str

@@ -79,8 +79,8 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
 
 
 async def _publish(app: web.Application, gen: Generation) -> None:
-    """The stream's header (streamed requests) and the request, sent together and stored
-    within GATEWAY_PUBLISH_TIMEOUT_S."""
+    """The request and (streamed requests) the stream's header, both stored within
+    GATEWAY_PUBLISH_TIMEOUT_S."""
     settings, publisher = app[SETTINGS], app[PUBLISHER]
     rid = gen.wire.request_id
     meta = Meta(rid, gen.reply_to, gen.traceparent)
@@ -88,11 +88,13 @@ async def _publish(app: web.Application, gen: Generation) -> None:
     topic = settings.topics.preprocess if needs_preprocess(gen.wire.prompt) else settings.topics.requests
     try:
         async with asyncio.timeout(settings.publish_timeout_s):
-            sent = []
+            # The request first: the producer has one request in flight per broker, and a
+            # header drained alone ahead of it would hold it back a round trip. Nothing needs
+            # the header first (readers of the log take it wherever it is).
+            sent = [await publisher.send(topic, gen.wire, meta)]
             if gen.opened is not None:
                 sent.append(await publisher.send(gen.reply_to.topic, gen.opened, meta,
                                                  partition=gen.reply_to.partition))
-            sent.append(await publisher.send(topic, gen.wire, meta))
             await asyncio.gather(*sent)
     except MessageSizeTooLargeError as exc:
         raise PayloadTooLarge("The request is larger than the message bus accepts.") from exc
