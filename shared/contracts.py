@@ -120,6 +120,24 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True):
     logprobs: int | None = None
 
 
+class StreamOpened(Wire, frozen=True, kw_only=True, tag="stream_opened"):
+    """A streamed request's header: enough for any gateway to serve the stream again from
+    the log (a resume). The gateway that takes the request puts it in the request; the
+    worker that starts the stream writes it to the reply partition just ahead of the
+    stream's first reply, in the same batch (no produce of its own on the way to the first
+    token). Readers take it wherever it is in the partition."""
+
+    request_id: str
+    gateway: str
+    endpoint: Literal["chat", "completions"]
+    model: str
+    created: float
+    n: int
+    include_usage: bool
+    owner: str = ""  # SHA-256 (hex) of the API key that started it; "" without keys
+    deadline: float | None = None
+
+
 class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
     request_id: str
     model: str
@@ -133,6 +151,8 @@ class GenerateRequest(Wire, frozen=True, kw_only=True, tag="generate_request"):
     # for this many seconds (a client that left and did not resume), the worker abandons it.
     # None: nobody watches it (an integration reading its reply topic itself).
     grace_s: float | None = None
+    # A streamed request's header, for resumes (None: not resumable, e.g. not streamed).
+    opened: StreamOpened | None = None
 
 
 class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request"):
@@ -144,6 +164,7 @@ class TokenizedRequest(Wire, frozen=True, kw_only=True, tag="tokenized_request")
     images: list[ImageRef] = []  # in the order of their placeholder runs
     deadline: float | None = None  # as in GenerateRequest
     grace_s: float | None = None  # as in GenerateRequest
+    opened: StreamOpened | None = None  # as in GenerateRequest
 
 
 class AbortRequest(Wire, frozen=True, kw_only=True, tag="abort_request"):
@@ -204,22 +225,6 @@ class ErrorReply(Wire, frozen=True, kw_only=True, tag="error_reply"):
 
 
 Reply = TokenDelta | ErrorReply
-
-
-class StreamOpened(Wire, frozen=True, kw_only=True, tag="stream_opened"):
-    """A streamed request's header in its reply partition, stored by the gateway that took it
-    together with the request (so ahead of the stream's replies; readers take it wherever it
-    is): enough for any gateway to serve the stream again from the log (a resume)."""
-
-    request_id: str
-    gateway: str
-    endpoint: Literal["chat", "completions"]
-    model: str
-    created: float
-    n: int
-    include_usage: bool
-    owner: str = ""  # SHA-256 (hex) of the API key that started it; "" without keys
-    deadline: float | None = None
 
 
 LogRecord = TokenDelta | ErrorReply | StreamOpened  # what a reply partition holds

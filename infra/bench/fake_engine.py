@@ -260,8 +260,14 @@ class FakeEngineService:
                              req.sampling.n)
         outputs = ((out, None) async for out in
                    self._ticker.generate(req.sampling.max_tokens or 16, req.sampling.n))
-        last = await pump(outputs, stream, lambda msg: self._send(meta, msg),
-                          self.settings.coalesce_s)
+        header = [req.opened] if req.opened is not None else []
+
+        async def send(msg: TokenDelta) -> asyncio.Future | None:
+            if header:  # as the worker does: the stream's header just ahead of its first reply
+                await self._publisher.reply(meta, header.pop())
+            return await self._send(meta, msg)
+
+        last = await pump(outputs, stream, send, self.settings.coalesce_s)
         if last is not None:
             await last
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from shared.bus import Meta, ReplyTo
-from shared.contracts import GenerateRequest, StreamOpened, needs_preprocess
+from shared.contracts import GenerateRequest, needs_preprocess
 from shared.errors import BusUnavailable, PayloadTooLarge, RemoteError, SluiceError, Unavailable
 from shared.settings import ModelSpec
 
@@ -29,7 +29,6 @@ class Generation:
     traceparent: str
     endpoint: str
     reply_to: ReplyTo
-    opened: StreamOpened | None  # a streamed request's header, for resumes
 
 
 async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
@@ -79,23 +78,15 @@ async def run(request: web.Request, gen: Generation) -> web.StreamResponse:
 
 
 async def _publish(app: web.Application, gen: Generation) -> None:
-    """The request and (streamed requests) the stream's header, both stored within
-    GATEWAY_PUBLISH_TIMEOUT_S."""
-    settings, publisher = app[SETTINGS], app[PUBLISHER]
+    """The request, stored within GATEWAY_PUBLISH_TIMEOUT_S (a streamed request's header
+    travels in it: the worker writes it to the reply partition with the first reply)."""
+    settings = app[SETTINGS]
     rid = gen.wire.request_id
-    meta = Meta(rid, gen.reply_to, gen.traceparent)
     # Images go through preprocess first; text goes straight to the tokenizer.
     topic = settings.topics.preprocess if needs_preprocess(gen.wire.prompt) else settings.topics.requests
     try:
         async with asyncio.timeout(settings.publish_timeout_s):
-            # The request first: the producer has one request in flight per broker, and a
-            # header drained alone ahead of it would hold it back a round trip. Nothing needs
-            # the header first (readers of the log take it wherever it is).
-            sent = [await publisher.send(topic, gen.wire, meta)]
-            if gen.opened is not None:
-                sent.append(await publisher.send(gen.reply_to.topic, gen.opened, meta,
-                                                 partition=gen.reply_to.partition))
-            await asyncio.gather(*sent)
+            await app[PUBLISHER].send_and_wait(topic, gen.wire, Meta(rid, gen.reply_to, gen.traceparent))
     except MessageSizeTooLargeError as exc:
         raise PayloadTooLarge("The request is larger than the message bus accepts.") from exc
     except (KafkaError, TimeoutError) as exc:

@@ -72,20 +72,22 @@ async def _generate(request: web.Request, kind: type, to_wire: Callable, chat: b
     rid = new_request_id(reply_to.partition, created)
     wire = to_wire(req, rid, created, settings.max_n, spec, settings.limits.max_images,
                    deadline=created + timeout)
-    # A streamed response can be resumed within the grace window; a whole one cannot.
-    wire = msgspec.structs.replace(wire, grace_s=settings.resume_grace_s if req.streaming else 0.0)
+    # A streamed response can be resumed within the grace window (its header travels with
+    # the request, for the worker to write ahead of the stream); a whole one cannot.
     opened = None
     if req.streaming:
         opened = StreamOpened(
             request_id=rid, gateway=settings.gateway_id, endpoint="chat" if chat else "completions",
             model=req.model, created=created, n=req.choices, include_usage=req.include_usage,
             owner=key_owner(request, settings.api_keys), deadline=wire.deadline)
+    wire = msgspec.structs.replace(wire, grace_s=settings.resume_grace_s if req.streaming else 0.0,
+                                   opened=opened)
     return await generate.run(request, generate.Generation(
         wire=wire, spec=spec, stream=req.streaming, endpoint=endpoint,
         formatter=Formatter(chat, rid, req.model, int(created), req.choices, req.include_usage,
                             event_ids=request.headers.get(EVENT_IDS_HEADER, "on").lower() != "off"),
         traceparent=child_traceparent(request.headers.get("traceparent")),
-        reply_to=reply_to, opened=opened,
+        reply_to=reply_to,
     ))
 
 

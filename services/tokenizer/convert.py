@@ -38,4 +38,5 @@ def to_tokenized(req: GenerateRequest, ids: list[int], spec: ModelSpec) -> Token
         images=req.prompt.images() if isinstance(req.prompt, PartsChatPrompt) else [],
         deadline=req.deadline,
         grace_s=req.grace_s,
+        opened=req.opened,
     )

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from shared.bus import Meta, Publisher
 from shared.claims import Claims
-from shared.contracts import TokenizedRequest
+from shared.contracts import StreamOpened, TokenizedRequest
 from shared.errors import (DeadlineExceeded, InvalidRequest, SluiceError, Unavailable,
                            as_sluice_error, error_reply)
 from shared.images import ImageStore
@@ -92,7 +92,6 @@ class Runner:
         owned.grace_s = req.grace_s
         stream = ReplyStream(rid, d.settings.worker_id, len(req.prompt_token_ids), req.sampling.n,
                              req.sampling.logprobs or 0, epoch=owned.epoch)
-        sender = self._sender(owned, meta)
         plan = fresh(req)
         if mode is not Mode.FRESH:
             try:
@@ -115,6 +114,8 @@ class Runner:
                 owned.epoch = stream.epoch = epoch
             if progress.started:  # else nothing was sent: run it whole, as if fresh
                 plan = self._continue(req, owned.epoch, stream, progress)
+        # A run that starts the stream writes its header (for resumes) with its first message.
+        sender = self._sender(owned, meta, req.opened if stream.seq == 0 else None)
         deadline = None
         try:
             if owned.aborted:  # the client left before this worker started
@@ -169,8 +170,8 @@ class Runner:
         return await self._fail(owned, self._sender(owned, meta), stream, DeadlineExceeded(
             "the request's deadline passed before a worker took it"))
 
-    def _sender(self, owned: Owned, meta: Meta) -> Sender:
-        return Sender(self._d.publisher, self._d.ownership, self._d.metrics, owned, meta)
+    def _sender(self, owned: Owned, meta: Meta, header: StreamOpened | None = None) -> Sender:
+        return Sender(self._d.publisher, self._d.ownership, self._d.metrics, owned, meta, header)
 
     # -- takeover ----------------------------------------------------------------------
     async def _stored(self, req: TokenizedRequest, meta: Meta) -> StreamProgress:

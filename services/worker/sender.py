@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from shared.bus import Meta, Publisher
+from shared.contracts import StreamOpened
 
 from services.worker.metrics import WorkerMetrics
 from services.worker.ownership import Owned, Ownership, Stop
@@ -26,24 +27,34 @@ class Sender:
     """Sends a request's replies while its claim is ours; knows whether all were stored."""
 
     def __init__(self, publisher: Publisher, ownership: Ownership, metrics: WorkerMetrics,
-                 owned: Owned, meta: Meta) -> None:
+                 owned: Owned, meta: Meta, header: StreamOpened | None = None) -> None:
         self._publisher = publisher
         self._ownership = ownership
         self._metrics = metrics
         self._owned = owned
+        # The stream's header, when this run starts the stream: it goes just ahead of the
+        # first message, into the same batch (the same partition, queued back to back).
+        self._header = header
         self._meta = meta
         self._last: asyncio.Future | None = None
         self.failed = False  # a reply was not queued or not stored: the stream may have a hole
 
     async def send(self, msg: Any) -> asyncio.Future | None:
         await self._ownership.confirm(self._owned)
+        if self._header is not None:
+            header, self._header = self._header, None
+            await self._queue(header)
+        fut = await self._queue(msg)
+        self._metrics.messages.inc()
+        return fut
+
+    async def _queue(self, msg: Any) -> asyncio.Future | None:
         queued = time.perf_counter()
         try:
             fut = await self._publisher.reply(self._meta, msg)
         except KafkaError:
             self.failed = True
             raise
-        self._metrics.messages.inc()
         if fut is not None:
             fut.add_done_callback(lambda f: self._delivered(f, queued))
             self._last = fut

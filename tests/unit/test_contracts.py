@@ -12,6 +12,7 @@ from shared.contracts import (
     GenerateRequest,
     Reply,
     Sampling,
+    StreamOpened,
     TextPrompt,
     TokenDelta,
     UnsupportedVersion,
@@ -33,6 +34,14 @@ def test_generate_request_round_trips(prompt):
     data = codec.encode(msg)
     assert b'"type":"generate_request"' in data and b'"v":1' in data
     assert codec.decode(data) == msg
+
+
+def test_a_streamed_request_carries_its_header():
+    opened = StreamOpened(request_id="r1", gateway="gw-0", endpoint="completions", model="m",
+                          created=1.5, n=2, include_usage=False, owner="ab", deadline=9.0)
+    codec = Codec(GenerateRequest)
+    msg = msgspec.structs.replace(_request(TextPrompt(text="hi")), opened=opened)
+    assert codec.decode(codec.encode(msg)).opened == opened
 
 
 def test_reply_union_decodes_by_tag():

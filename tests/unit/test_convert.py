@@ -1,6 +1,7 @@
+import msgspec
 import pytest
 
-from shared.contracts import GenerateRequest, Sampling, TextPrompt
+from shared.contracts import GenerateRequest, Sampling, StreamOpened, TextPrompt
 from shared.errors import ContextLengthExceeded
 from shared.settings import ModelSpec
 
@@ -33,3 +34,11 @@ def test_prompt_filling_the_context_is_rejected():
     with pytest.raises(ContextLengthExceeded) as err:
         to_tokenized(_req(None), list(range(100)), SPEC)
     assert err.value.param == "messages"
+
+
+def test_the_stream_header_and_watch_travel_on_to_the_worker():
+    opened = StreamOpened(request_id="r", gateway="gw-0", endpoint="chat", model="m", created=0.0,
+                          n=1, include_usage=True, owner="k")
+    req = msgspec.structs.replace(_req(5), opened=opened, grace_s=15.0)
+    tokenized = to_tokenized(req, [1, 2], SPEC)
+    assert tokenized.opened == opened and tokenized.grace_s == 15.0
